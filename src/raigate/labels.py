@@ -1,0 +1,58 @@
+"""Match a model's class names to a dataset's label names, by name and never by index.
+
+Public models order classes their own way (FairFace's reference model orders races
+differently from the CSV), so index-based mapping silently scrambles results. Matching is
+tolerant of case, spaces, ``_``, ``-`` and ``/`` (``Latino_Hispanic`` = ``Latino/Hispanic``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from raigate.errors import ConfigError
+
+_SEP = re.compile(r"[\s_\-/]+")
+
+
+def normalize_label(name: str) -> str:
+    """Canonical form for matching: lower case, separators collapsed to one space."""
+    return _SEP.sub(" ", str(name).strip().lower()).strip()
+
+
+def align_classes(
+    model_names: Sequence[str],
+    data_names: Sequence[str],
+    label_map: Mapping[str, str] | None = None,
+) -> np.ndarray:
+    """Index array ``m`` with ``m[model_class] = data_class`` (``-1``: not a data class).
+
+    ``label_map`` maps model class names to data label names where they differ. Every data
+    class must be reachable from some model class, else a ConfigError lists both sides.
+    """
+    explicit = {normalize_label(k): normalize_label(v) for k, v in (label_map or {}).items()}
+    data_index: dict[str, int] = {}
+    for j, name in enumerate(data_names):
+        key = normalize_label(name)
+        if key in data_index:
+            raise ConfigError(f"data label names collide after normalization: {list(data_names)}")
+        data_index[key] = j
+    mapping = np.full(len(model_names), -1, dtype=np.int64)
+    for i, name in enumerate(model_names):
+        key = normalize_label(name)
+        key = explicit.get(key, key)
+        if key in data_index:
+            mapping[i] = data_index[key]
+    covered = set(mapping[mapping >= 0].tolist())
+    missing = [data_names[j] for j in range(len(data_names)) if j not in covered]
+    if missing:
+        raise ConfigError(
+            f"no model class matches data label(s) {missing}; model classes are "
+            f"{list(model_names)}, data labels are {list(data_names)}: pass --class-names in "
+            "the model's output order, or a --label-map file"
+        )
+    if len(set(mapping[mapping >= 0].tolist())) != int((mapping >= 0).sum()):
+        raise ConfigError(f"two model classes map to the same data label: {list(model_names)}")
+    return mapping

@@ -1,0 +1,233 @@
+"""The one ``Model`` adapter every check talks to.
+
+Whatever the format (a factory plus weights, TorchScript, torch.export, Hugging Face), the
+adapter takes pixels in [0, 1] of shape ``[B, C, H, W]``, applies the model's own
+normalization inside, and returns logits ``[B, K]``. Attacks, smoothing and attributions
+therefore all work in pixel space and never need to know how the model was trained.
+
+>>> import torch
+>>> from raigate import wrap
+>>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+>>> model = wrap(net, class_names=["cat", "dog"], input_shape=(3, 8, 8), mean=0.5, std=0.25)
+>>> model.logits(torch.rand(4, 3, 8, 8)).shape
+torch.Size([4, 2])
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from raigate.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a check may rely on. ``gradients``: input gradients are available (white-box
+    attacks, Captum); ``deterministic``: two forward passes give the same logits;
+    ``batchnorm``: the net holds BatchNorm running statistics (DP-SGD must fold or replace
+    them); ``conv``: the net has a Conv2d layer (GradCAM needs one)."""
+
+    gradients: bool = True
+    deterministic: bool = True
+    batchnorm: bool = False
+    conv: bool = False
+
+    def as_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, as buffers so it moves with the model."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if any(s <= 0 for s in std):
+            raise ConfigError(f"--std values must be positive, got {list(std)}")
+        for name, values in (("mean", mean), ("std", std)):
+            buffer = torch.tensor(list(values), dtype=torch.float32).view(1, -1, 1, 1)
+            self.register_buffer(name, buffer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    @property
+    def is_identity(self) -> bool:
+        return bool(torch.all(self.mean == 0) and torch.all(self.std == 1))
+
+
+def _per_channel(
+    value: float | Sequence[float] | None, channels: int, default: float, name: str
+) -> list[float]:
+    if value is None:
+        return [default] * channels
+    if isinstance(value, int | float):
+        return [float(value)] * channels
+    values = [float(v) for v in value]
+    if len(values) == 1:
+        return values * channels
+    if len(values) != channels:
+        raise ConfigError(
+            f"--{name} has {len(values)} values but the input has {channels} channels"
+        )
+    return values
+
+
+def state_digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of named tensors in sorted name order.
+
+    The same weights give the same digest whether they came from a ``.pt`` state dict, a
+    safetensors file or an in-memory module, so a report pins the function, not the file.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(tensors, key=lambda kv: kv[0]):
+        t = t.detach().to("cpu").contiguous()
+        h.update(name.encode("utf-8"))
+        h.update(str(t.dtype).encode("ascii"))
+        h.update(str(tuple(t.shape)).encode("ascii"))
+        # reshape(-1): 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def module_tensors(module: nn.Module) -> list[tuple[str, Tensor]]:
+    """Parameters and buffers of a module by name (state-dict names, duplicates once)."""
+    return list(module.state_dict(keep_vars=False).items())
+
+
+def detect_capabilities(module: nn.Module) -> Capabilities:
+    """Inspect a module (eager or TorchScript) for BatchNorm and Conv2d layers."""
+    batchnorm = conv = False
+    for m in module.modules():
+        kind = getattr(m, "original_name", type(m).__name__)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or kind.startswith("BatchNorm"):
+            batchnorm = True
+        if isinstance(m, nn.Conv2d) or kind == "Conv2d":
+            conv = True
+    return Capabilities(gradients=True, deterministic=True, batchnorm=batchnorm, conv=conv)
+
+
+class Model(nn.Module):
+    """A classifier in pixel space: ``logits(x in [0,1]) -> [B, K]``, always in eval mode.
+
+    Construct through :func:`raigate.wrap` or :func:`raigate.load_model`. ``net`` is the bare
+    network (train it, fold it, privatize it); the adapter only adds normalization, metadata
+    and a digest. ``train()`` on the adapter is refused silently (it stays in eval mode) so a
+    check can never change BatchNorm statistics or dropout behaviour by accident.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        class_names: Sequence[str],
+        input_shape: Sequence[int],
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        spec: str = "python:wrap",
+        digest: str | None = None,
+        files: Sequence[dict[str, Any]] = (),
+        capabilities: Capabilities | None = None,
+        source: str = "module",
+    ) -> None:
+        super().__init__()
+        shape = tuple(int(v) for v in input_shape)
+        if len(shape) != 3 or min(shape) <= 0:
+            raise ConfigError(
+                f"input shape must be C,H,W with positive sizes, got {list(input_shape)}"
+            )
+        names = tuple(str(n) for n in class_names)
+        if len(names) < 2:
+            raise ConfigError(f"a classifier needs at least 2 class names, got {list(names)}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"class names must be unique, got {list(names)}")
+        self.net = net
+        self.normalize = Normalize(
+            _per_channel(mean, shape[0], 0.0, "mean"), _per_channel(std, shape[0], 1.0, "std")
+        )
+        self.class_names: tuple[str, ...] = names
+        self.input_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
+        self.spec = spec
+        self.source = source
+        self.files: list[dict[str, Any]] = [dict(f) for f in files]
+        self.capabilities = capabilities or detect_capabilities(net)
+        self._digest = digest
+        super().train(False)
+
+    # -- the contract -------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.normalize(x))
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Logits ``[B, K]`` for pixels ``x`` in [0, 1], shape ``[B, C, H, W]``."""
+        return self.forward(x)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Predicted class indices ``[B]``."""
+        return self.forward(x).argmax(dim=1)
+
+    @property
+    def digest(self) -> str:
+        """``sha256:<hex>`` over the network's tensors (see :func:`state_digest`)."""
+        if self._digest is None:
+            self._digest = state_digest(module_tensors(self.net))
+        return self._digest
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.net.parameters():
+            return t.device
+        for t in self.net.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def train(self, mode: bool = True) -> Model:
+        """Always eval: train ``model.net`` directly when you mean to train."""
+        return super().train(False)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-safe summary for reports and ``raigate models inspect``."""
+        return {
+            "spec": self.spec,
+            "source": self.source,
+            "class_names": list(self.class_names),
+            "input_shape": list(self.input_shape),
+            "num_parameters": self.num_parameters,
+            "capabilities": self.capabilities.as_dict(),
+            "mean": [round(v, 6) for v in self.normalize.mean.flatten().tolist()],
+            "std": [round(v, 6) for v in self.normalize.std.flatten().tolist()],
+            "digest": self.digest,
+            "files": self.files,
+        }
+
+
+def wrap(
+    module: nn.Module,
+    *,
+    class_names: Sequence[str],
+    input_shape: Sequence[int],
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+) -> Model:
+    """Wrap an ``nn.Module`` that maps normalized images to logits as a raigate ``Model``.
+
+    ``mean``/``std`` are the normalization the module was trained with (per channel or one
+    value); the adapter applies it, so callers pass pixels in [0, 1].
+    """
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"wrap() needs a torch.nn.Module, got {type(module).__name__}")
+    return Model(module, class_names=class_names, input_shape=input_shape, mean=mean, std=std)

@@ -1,0 +1,499 @@
+"""The built-in model loaders, one per spec kind: ``LOADERS[kind](spec, target, options)``.
+
+==============  ====================================================================
+kind            what it reads
+==============  ====================================================================
+``factory``     ``pkg.module:factory`` imported like user code (cwd, PYTHONPATH),
+                plus ``--weights`` (safetensors or a weights-only ``.pt``)
+``torchscript`` ``FILE.pt`` / ``.pth`` / ``.ts`` saved by ``torch.jit.save``
+``export``      ``FILE.pt2`` saved by ``torch.export.save``
+``hf``          ``hf:DIR``, a local Hugging Face image classifier (see ``raigate.models.hf``)
+``json``        ``FILE.json``, a raigate model spec written by :func:`write_model_spec`
+==============  ====================================================================
+
+Nothing here unpickles arbitrary objects: weights go through ``torch.load(weights_only=True)``
+or safetensors, TorchScript through its own restricted loader, and ``.pt2`` archives are
+loaded with ``torch.load`` forced to weights-only (see :func:`load_export`).
+
+>>> import tempfile, pathlib
+>>> from raigate.models import load_model
+>>> spec = pathlib.Path(tempfile.mkdtemp()) / "demo.json"
+>>> _ = write_model_spec(spec, factory="raigate.zoo:small_cnn", class_names=["a", "b"],
+...                      input_shape=(3, 32, 32))
+>>> load_model(str(spec)).class_names
+('a', 'b')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import json
+import os
+import pickle
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import Tensor, nn
+
+from raigate._io import sha256_file, write_atomic
+from raigate.errors import ConfigError, ModelLoadError, SpecError
+from raigate.models._common import (
+    existing_file,
+    file_record,
+    is_pt2,
+    is_torchscript,
+    one_line,
+    require_class_names,
+    require_input_size,
+    same_or_conflict,
+    zip_names,
+)
+from raigate.models.base import Capabilities, Model, module_tensors, state_digest
+from raigate.models.specs import _FACTORY_RE, ModelLoader, ModelOptions
+from raigate.models.weights import apply_state_dict, load_state_dict_file
+
+__all__ = [
+    "LOADERS",
+    "ModelSpecFile",
+    "file_record",
+    "load_export",
+    "load_factory",
+    "load_json",
+    "load_torchscript",
+    "resolve_factory",
+    "write_model_spec",
+]
+
+
+# -- shared helpers ------------------------------------------------------------------------
+def _check_output_width(net: nn.Module, input_size: Sequence[int], classes: int, spec: str) -> None:
+    """One forward pass on zeros: a wrong head or input size fails here, not mid-audit."""
+    shape = [2, *input_size]
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(shape))
+    except Exception as e:
+        raise ModelLoadError(
+            f"model {spec!r} fails on an input of shape {shape}: {one_line(e)}; check --input-size"
+        ) from e
+    if not isinstance(out, Tensor):
+        raise ModelLoadError(
+            f"model {spec!r} returns a {type(out).__name__}, not a logits tensor; wrap it so "
+            "forward() returns logits of shape [batch, classes]"
+        )
+    if out.ndim != 2 or out.shape[0] != 2:
+        raise ModelLoadError(
+            f"model {spec!r} returns shape {list(out.shape)} for a batch of 2; "
+            "expected logits of shape [batch, classes]"
+        )
+    if out.shape[1] != classes:
+        raise ModelLoadError(
+            f"model {spec!r} outputs {out.shape[1]} logits but {classes} class names were given; "
+            "pass matching --class-names (or a factory num_classes that fits)"
+        )
+
+
+# -- factory -------------------------------------------------------------------------------
+def resolve_factory(target: str, spec: str | None = None) -> Callable[..., Any]:
+    """Import ``pkg.module:attr`` the way Python imports user code, from cwd or PYTHONPATH."""
+    spec = spec or target
+    if not _FACTORY_RE.match(target):
+        raise SpecError(f"factory {target!r} in {spec!r} is not of the form pkg.module:factory")
+    module_name, attr = target.split(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        # `python -m` puts cwd first; a console script does not. Users expect the former.
+        sys.path.insert(0, cwd)
+    importlib.invalidate_caches()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise SpecError(
+                f"cannot import module {module_name!r} for model spec {spec!r}: not found in "
+                f"the current directory ({cwd}) or on PYTHONPATH"
+            ) from e
+        raise SpecError(
+            f"importing {module_name!r} for model spec {spec!r} failed: {one_line(e)}"
+        ) from e
+    except Exception as e:  # user code: a SyntaxError or anything its import runs
+        raise SpecError(
+            f"importing {module_name!r} for model spec {spec!r} failed: {one_line(e)}"
+        ) from e
+    factory = getattr(module, attr, None)
+    if factory is None:
+        where = getattr(module, "__file__", None) or module_name
+        raise SpecError(
+            f"module {module_name!r} ({where}) has no attribute {attr!r} (spec {spec!r})"
+        )
+    if not callable(factory):
+        raise SpecError(f"{target!r} is a {type(factory).__name__}, not a callable factory")
+    return factory  # type: ignore[no-any-return]
+
+
+def _accepts_num_classes(factory: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    p = params.get("num_classes")
+    return p is not None and p.kind is not inspect.Parameter.POSITIONAL_ONLY
+
+
+def _build(
+    factory: Callable[..., Any], kwargs: dict[str, Any], classes: int, name: str
+) -> nn.Module:
+    kwargs = dict(kwargs)
+    if "num_classes" not in kwargs and _accepts_num_classes(factory):
+        kwargs["num_classes"] = classes
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    try:
+        net = factory(**kwargs)
+    except Exception as e:
+        raise ModelLoadError(f"calling {name}({shown}) failed: {one_line(e)}") from e
+    if not isinstance(net, nn.Module):
+        raise ModelLoadError(f"{name} returned a {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+def _with_weights(net: nn.Module, weights: Path | None) -> list[dict[str, Any]]:
+    if weights is None:
+        return []
+    apply_state_dict(net, load_state_dict_file(weights), source=weights)
+    return [file_record(weights)]
+
+
+def load_factory(spec: str, target: str, options: ModelOptions) -> Model:
+    """``pkg.module:factory`` plus optional ``--weights``; ``num_classes`` goes to the factory
+    when it takes one, so ``raigate.zoo:resnet20`` fits any number of class names."""
+    names = require_class_names(spec, options)
+    shape = require_input_size(spec, options)
+    net = _build(resolve_factory(target, spec), {}, len(names), target)
+    files = _with_weights(net, options.weights)
+    net.eval()
+    _check_output_width(net, shape, len(names), spec)
+    return Model(
+        net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
+        spec=spec, digest=state_digest(module_tensors(net)), files=files, source="factory",
+    )  # fmt: skip
+
+
+# -- TorchScript ---------------------------------------------------------------------------
+def load_torchscript(spec: str, target: str, options: ModelOptions) -> Model:
+    """A ``torch.jit.save`` archive. TorchScript's loader only builds TorchScript types, so
+    unlike ``torch.load`` without ``weights_only`` it cannot run arbitrary Python."""
+    p = existing_file(target, "TorchScript file")
+    names = require_class_names(spec, options)
+    shape = require_input_size(spec, options)
+    entries = zip_names(p)
+    not_ts = (
+        f"{p} is not a TorchScript archive; if it is a state dict, give the architecture as "
+        f"pkg.module:factory --weights {p}"
+    )
+    if is_pt2(entries):
+        raise ModelLoadError(f"{p} is a torch.export archive, not TorchScript; name it *.pt2")
+    if not is_torchscript(entries):
+        raise ModelLoadError(not_ts)
+    try:
+        net = torch.jit.load(str(p), map_location="cpu")
+    except (RuntimeError, ValueError) as e:
+        raise ModelLoadError(f"{not_ts} ({one_line(e)})") from e
+    net.eval()
+    _check_output_width(net, shape, len(names), spec)
+    return Model(
+        net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
+        spec=spec, files=[file_record(p)], source="torchscript",
+    )  # fmt: skip
+
+
+# -- torch.export --------------------------------------------------------------------------
+_FORCE_SAFE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_UNSAFE = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextlib.contextmanager
+def _weights_only_torch_load() -> Iterator[None]:
+    """Force every ``torch.load`` inside to ``weights_only=True``.
+
+    ``torch.export.load`` unpickles stored weights and constants with ``weights_only=False``;
+    torch honours ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` even over an explicit False, so a
+    malicious archive fails with an UnpicklingError instead of running its payload.
+    """
+    saved = {k: os.environ.get(k) for k in (_FORCE_SAFE, _FORCE_UNSAFE)}
+    os.environ.pop(_FORCE_UNSAFE, None)  # torch refuses both being set
+    os.environ[_FORCE_SAFE] = "1"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class ExportedNet(nn.Module):
+    """An exported program as an ``nn.Module`` that tolerates ``train()``/``eval()`` and any
+    batch size.
+
+    Exported graphs are frozen in the mode they were traced in (``.eval()`` on them raises),
+    so ``train()`` here only flips this wrapper's flag. A program exported with a fixed batch
+    size is run in chunks of that size, the last one zero-padded, so attacks and smoothing
+    can use their own batch sizes.
+    """
+
+    def __init__(self, program_module: nn.Module, static_batch: int | None) -> None:
+        super().__init__()
+        self.program = program_module
+        self.static_batch = static_batch
+
+    def train(self, mode: bool = True) -> ExportedNet:
+        self.training = mode
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.static_batch
+        if b is None or x.shape[0] == b:
+            return self.program(x)  # type: ignore[no-any-return]
+        outs = []
+        for chunk in x.split(b):
+            n = chunk.shape[0]
+            if n < b:
+                pad = chunk.new_zeros((b - n, *chunk.shape[1:]))
+                chunk = torch.cat([chunk, pad])
+            outs.append(self.program(chunk)[:n])
+        return torch.cat(outs)
+
+
+def _export_input_shape(ep: Any) -> tuple[int | None, tuple[int, ...] | None]:
+    """(static batch size or None, static C,H,W or None) of the program's one user input."""
+    user_inputs = list(ep.graph_signature.user_inputs)
+    if len(user_inputs) != 1:
+        raise ModelLoadError(
+            f"the exported program takes {len(user_inputs)} inputs; raigate needs exactly one "
+            "image batch"
+        )
+    node = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == user_inputs[0])
+    val = node.meta.get("val")
+    if val is None or val.ndim != 4:
+        return None, None
+    dims = [d if isinstance(d, int) else None for d in val.shape]
+    chw = tuple(dims[1:]) if all(d is not None for d in dims[1:]) else None
+    return dims[0], chw  # type: ignore[return-value]
+
+
+def _export_capabilities(ep: Any) -> Capabilities:
+    # The unlifted module keeps no layer types, so read the ops from the graph instead.
+    ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    return Capabilities(
+        batchnorm=any("batch_norm" in op for op in ops),
+        conv=any("conv" in op for op in ops),
+    )
+
+
+def load_export(spec: str, target: str, options: ModelOptions) -> Model:
+    """A ``torch.export.save`` archive (``.pt2``); the program is used as traced.
+
+    Export in eval mode (``torch.export.export(net.eval(), (x,))``): the graph keeps the
+    mode it was traced in and cannot be switched afterwards. Export with a dynamic batch
+    dimension (``dynamic_shapes={"x": {0: torch.export.Dim("batch")}}``) for speed; a fixed
+    batch also works, in chunks. The input size comes from the program when it is static.
+    """
+    p = existing_file(target, "torch.export file")
+    names = require_class_names(spec, options)
+    entries = zip_names(p)
+    if is_torchscript(entries):
+        raise ModelLoadError(f"{p} is a TorchScript archive, not torch.export; name it *.pt")
+    if not is_pt2(entries):
+        raise ModelLoadError(
+            f"{p} is not a torch.export archive (torch.export.save); if it is a state dict, "
+            f"give the architecture as pkg.module:factory --weights {p}"
+        )
+    if any("/constants/opaque_obj" in n for n in entries):
+        # Opaque objects are restored with plain pickle.loads: arbitrary code, refuse.
+        raise ModelLoadError(
+            f"{p} contains pickled Python objects (opaque constants) and was not loaded; "
+            "export a model whose constants are tensors only"
+        )
+    try:
+        with _weights_only_torch_load():
+            ep = torch.export.load(str(p))
+    except pickle.UnpicklingError as e:
+        raise ModelLoadError(
+            f"{p} contains pickled code or objects and was not loaded; re-export a plain "
+            "tensor-only program with torch.export.save"
+        ) from e
+    except Exception as e:
+        raise ModelLoadError(f"cannot read torch.export archive {p}: {one_line(e)}") from e
+    batch, chw = _export_input_shape(ep)
+    if chw is not None:
+        same_or_conflict("input size", chw, options.input_size, str(p))
+        shape = chw
+    else:
+        shape = require_input_size(spec, options)
+    net = ExportedNet(ep.module(), batch)
+    _check_output_width(net, shape, len(names), spec)
+    return Model(
+        net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
+        spec=spec, files=[file_record(p)], capabilities=_export_capabilities(ep),
+        source="export",
+    )  # fmt: skip
+
+
+# -- raigate model spec files (JSON) -------------------------------------------------------
+class ModelSpecFile(BaseModel):
+    """A reusable description of a trained model: architecture, weights and metadata.
+
+    Trainers (the demo, DP-SGD) write one beside their weights so the model can be audited
+    later with just ``FILE.json``; ``weights`` is relative to the JSON file's folder.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    factory: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None
+    weights_sha256: str | None = None
+    class_names: list[str] | None = None
+    input_shape: list[int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @field_validator("input_shape")
+    @classmethod
+    def _chw(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) != 3 or min(v) <= 0):
+            raise ValueError("must be three positive numbers C,H,W, e.g. [3, 32, 32]")
+        return v
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, v: str) -> str:
+        if not _FACTORY_RE.match(v):
+            raise ValueError("must be of the form pkg.module:factory")
+        return v
+
+
+def _read_spec_file(p: Path) -> ModelSpecFile:
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"model spec {p} is not valid JSON: {e}") from e
+    try:
+        return ModelSpecFile.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"])
+        field = field.lstrip(".") or "(top level)"
+        more = f" (+{e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
+        raise ModelLoadError(f"model spec {p}: field {field!r}: {err['msg']}{more}") from e
+
+
+def load_json(spec: str, target: str, options: ModelOptions) -> Model:
+    """A raigate model spec file; options may repeat its values but never override them."""
+    p = existing_file(target, "model spec file")
+    doc = _read_spec_file(p)
+    src = str(p)
+    same_or_conflict("class names", doc.class_names, options.class_names, src)
+    same_or_conflict("input size", doc.input_shape, options.input_size, src)
+    same_or_conflict("mean", doc.mean, options.mean, src)
+    same_or_conflict("std", doc.std, options.std, src)
+    weights = (p.parent / doc.weights) if doc.weights else None
+    if (
+        weights is not None
+        and options.weights is not None
+        and weights.resolve() != Path(options.weights).resolve()
+    ):
+        raise ConfigError(
+            f"--weights {options.weights} differs from the weights {weights} named in {src}"
+        )
+    weights = weights or options.weights
+    names = tuple(doc.class_names) if doc.class_names else require_class_names(spec, options)
+    shape = tuple(doc.input_shape) if doc.input_shape else require_input_size(spec, options)
+    net = _build(resolve_factory(doc.factory, spec), doc.kwargs, len(names), doc.factory)
+    if weights is not None and doc.weights_sha256 is not None and weights.is_file():
+        actual = sha256_file(weights)
+        if actual != doc.weights_sha256.removeprefix("sha256:"):
+            raise ModelLoadError(
+                f"weights {weights} do not match weights_sha256 in {src} (file has {actual}); "
+                "the weights changed since the spec was written"
+            )
+    files = [file_record(p), *_with_weights(net, weights)]
+    net.eval()
+    _check_output_width(net, shape, len(names), spec)
+    return Model(
+        net, class_names=names, input_shape=shape,
+        mean=doc.mean if doc.mean is not None else options.mean,
+        std=doc.std if doc.std is not None else options.std,
+        spec=spec, digest=state_digest(module_tensors(net)), files=files, source="json",
+    )  # fmt: skip
+
+
+def write_model_spec(
+    path: str | os.PathLike[str],
+    *,
+    factory: str,
+    kwargs: dict[str, Any] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    class_names: Sequence[str],
+    input_shape: Sequence[int],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Path:
+    """Write a model spec JSON (atomically) that ``load_model(path)`` turns back into the model.
+
+    ``weights`` is stored relative to the spec's folder when it lies inside it (the pair can
+    be moved together) and pinned by its sha256, so a swapped weights file is detected.
+    """
+    target = Path(path)
+    rel: str | None = None
+    digest: str | None = None
+    if weights is not None:
+        w = Path(weights)
+        if not w.is_file():
+            raise ModelLoadError(f"weights file {w} not found; save the weights before the spec")
+        try:
+            rel = w.resolve().relative_to(target.parent.resolve()).as_posix()
+        except ValueError:
+            rel = str(w.resolve())
+        digest = "sha256:" + sha256_file(w)
+    doc = ModelSpecFile(
+        factory=factory,
+        kwargs=dict(kwargs or {}),
+        weights=rel,
+        weights_sha256=digest,
+        class_names=[str(c) for c in class_names],
+        input_shape=[int(v) for v in input_shape],
+        mean=[float(v) for v in mean] if mean is not None else None,
+        std=[float(v) for v in std] if std is not None else None,
+    )
+    try:
+        text = json.dumps(doc.model_dump(exclude_none=True), indent=2, sort_keys=True) + "\n"
+    except TypeError as e:
+        raise ConfigError(f"model spec kwargs must be plain JSON values: {e}") from e
+    return write_atomic(target, text)
+
+
+def _load_hf(spec: str, target: str, options: ModelOptions) -> Model:
+    # Imported on use: raigate.models.hf imports nothing heavy itself, but keeping the
+    # dispatch lazy means a broken transformers install only affects hf: specs.
+    from raigate.models.hf import load_hf
+
+    return load_hf(spec, target, options)
+
+
+LOADERS: dict[str, ModelLoader] = {
+    "factory": load_factory,
+    "torchscript": load_torchscript,
+    "export": load_export,
+    "hf": _load_hf,
+    "json": load_json,
+}
+"""Built-in loaders by spec kind; ``specs.register_model_loader`` adds or replaces one."""

@@ -1,0 +1,168 @@
+"""THE result schema every check fills: ``Finding`` and ``CheckResult`` (``result.json``).
+
+Schema version "1"::
+
+    {"schema_version": "1", "check": NAME, "params": {...},
+     "metrics": {NAME: number or [record, ...]},
+     "findings": [{"id", "severity": "pass"|"warn"|"fail", "metric", "value",
+                   "threshold", "message"}],
+     "artifacts": [relative paths], "seed": int, "environment": {...},
+     "model": {"spec", "digest"}, "data": {"spec", "manifest_digest", "synthetic"},
+     "timing_s": float, "created_at": ISO-8601}
+
+Serialization is deterministic (sorted keys, NaN/inf as null, numpy scalars as Python
+numbers) so the same run gives the same bytes except ``created_at`` and ``timing_s``.
+Tables are lists of flat records; ``CheckResult.table(name)`` hands one back as a DataFrame.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from raigate._io import write_atomic
+from raigate.errors import DataError
+
+SCHEMA_VERSION = "1"
+Severity = Literal["pass", "warn", "fail"]
+_SEVERITY_RANK = {"pass": 0, "warn": 1, "fail": 2}
+
+Record = dict[str, Any]
+MetricValue = float | int | None | list[Record]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn numpy/torch scalars, arrays, tuples and non-finite floats into plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
+        return to_jsonable(value.tolist())
+    if hasattr(value, "item"):
+        return to_jsonable(value.item())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def dumps(obj: Any) -> str:
+    """Deterministic JSON text: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(to_jsonable(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+class Finding(BaseModel):
+    """One gate: a measured value against a threshold, in words a compliance reader follows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    severity: Severity
+    metric: str
+    value: float | None
+    threshold: float | None
+    message: str
+
+
+class ModelRef(BaseModel):
+    """Which model was audited: the spec the user gave and the sha256 of its weights."""
+
+    model_config = ConfigDict(extra="allow")
+
+    spec: str
+    digest: str
+
+
+class DataRef(BaseModel):
+    """Which data was audited: its spec, manifest digest and whether it is synthetic."""
+
+    model_config = ConfigDict(extra="allow")
+
+    spec: str
+    manifest_digest: str
+    synthetic: bool = False
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+class CheckResult(BaseModel):
+    """The outcome of one check (evaluate, fairness, robustness, ...), JSON-safe and versioned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal["1"] = SCHEMA_VERSION
+    check: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, MetricValue] = Field(default_factory=dict)
+    findings: list[Finding] = Field(default_factory=list)
+    artifacts: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    environment: dict[str, Any] = Field(default_factory=dict)
+    model: ModelRef
+    data: DataRef
+    timing_s: float = 0.0
+    created_at: str = Field(default_factory=_now)
+
+    @field_validator("params", "metrics", "environment", mode="before")
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        # numpy scalars would otherwise be coerced by the union's first member (4 -> 4.0)
+        return to_jsonable(value)
+
+    @property
+    def verdict(self) -> Severity:
+        """The worst severity among the findings; ``pass`` when there are none."""
+        worst = max((_SEVERITY_RANK[f.severity] for f in self.findings), default=0)
+        return next(k for k, v in _SEVERITY_RANK.items() if v == worst)
+
+    def metric(self, name: str) -> float:
+        """A scalar metric by name (KeyError names the ones that exist)."""
+        value = self.metrics.get(name)
+        if value is None or isinstance(value, list):
+            raise KeyError(f"no scalar metric {name!r}; have {sorted(self.metrics)}")
+        return float(value)
+
+    def table(self, name: str) -> Any:
+        """A table metric as a pandas DataFrame."""
+        import pandas as pd
+
+        value = self.metrics.get(name)
+        if not isinstance(value, list):
+            raise KeyError(f"no table {name!r}; have {sorted(self.metrics)}")
+        return pd.DataFrame.from_records(value)
+
+    def to_json(self) -> str:
+        """Deterministic JSON text of the whole result."""
+        return dumps(self.model_dump(mode="python"))
+
+    def write(self, out_dir: str | os.PathLike[str], name: str = "result.json") -> Path:
+        """Write ``out_dir/name`` atomically and return its path."""
+        return write_atomic(Path(out_dir) / name, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CheckResult:
+        """Read a ``result.json`` back; a file that does not fit the schema is a DataError."""
+        p = Path(path)
+        try:
+            return cls.model_validate_json(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{p}: no such result file") from None
+        except ValueError as exc:
+            first = str(exc).splitlines()[0]
+            raise DataError(
+                f"{p}: not a raigate result (schema {SCHEMA_VERSION}): {first}"
+            ) from None
