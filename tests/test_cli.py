@@ -156,7 +156,8 @@ def test_missing_csv_column(tmp_path: Path) -> None:
     assert_user_error(code, out, "label", "data.csv")
 
 
-def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_unreadable_image_names_the_file(tmp_path: Path, workers: str) -> None:
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "good.png")
     (tmp_path / "broken.png").write_bytes(b"not an image at all")
     f = tmp_path / "data.csv"
@@ -171,6 +172,8 @@ def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
         "3,8,8",
         "--out",
         str(tmp_path / "o"),
+        "--workers",
+        workers,
     )
     assert_user_error(code, out, "broken.png")
     assert not (tmp_path / "o" / "result.json").exists()

@@ -53,7 +53,7 @@ def handle_errors(fn: F) -> F:
             _err(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except RaigateError as exc:
-            _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            _err(_one_line(exc))
             raise typer.Exit(exc.exit_code) from None
         except BrokenPipeError:
             # the reader (e.g. `| head`) went away: no error message, shell-style exit code
@@ -73,6 +73,20 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(3) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line(exc: BaseException) -> str:
+    """The user-facing line of an error. A DataLoader worker re-raises our error with its
+    traceback in the message ("Caught DataError in DataLoader worker process 0. Original
+    Traceback ..."); the original message is the last line, after the class name."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Caught ") and "Original Traceback" in str(exc):
+        last = lines[-1]
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        return last[len(prefix) :] if last.startswith(prefix) else last
+    return lines[0]
 
 
 # -- option parsing -----------------------------------------------------------------------
@@ -149,8 +163,8 @@ def _table(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     widths = [
         max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)
     ]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
 
 
@@ -333,6 +347,9 @@ def evaluate_cmd(
     sample: SampleOpt = None,
     seed: SeedOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="images per forward pass")] = 128,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="DataLoader worker processes reading images")
+    ] = 0,
     min_accuracy: Annotated[
         float | None,
         typer.Option("--min-accuracy", help="gate: exit 1 when clean accuracy is below this"),
@@ -351,6 +368,7 @@ def evaluate_cmd(
     model = _load_model(model_spec, weights, class_names, input_size, mean, std, data=data)
     params = evaluate.EvaluateParams(
         batch_size=batch_size,
+        workers=workers,
         min_accuracy=min_accuracy,
         label_map=_label_map(label_map),
         device=_device(device),

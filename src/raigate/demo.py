@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from raigate._io import write_atomic
@@ -61,6 +62,7 @@ def run_demo(
         f"(task: {train.task}, classes: {', '.join(train.class_names)}); SYNTHETIC, not real faces"
     )
 
+    torch.manual_seed(seed)  # the initial weights too, so the same seed gives the same model
     net = small_cnn(num_classes=len(train.class_names))
     shape = train.shape
     report = fit(

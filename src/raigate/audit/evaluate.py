@@ -42,6 +42,7 @@ class EvaluateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(128, gt=0, description="images per forward pass")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes reading images")
     min_accuracy: float | None = Field(None, ge=0, le=1, description="gate: fail below this")
     label_map: dict[str, str] | None = Field(None, description="model class -> data label")
     device: str = "cpu"
@@ -65,6 +66,7 @@ def predict(
     data: Dataset,
     *,
     batch_size: int = 128,
+    workers: int = 0,
     device: str = "cpu",
     progress: bool = True,
     desc: str = "predict",
@@ -73,7 +75,7 @@ def predict(
     model.to(device)
     preds = np.empty(len(data), dtype=np.int64)
     conf = np.empty(len(data), dtype=np.float32)
-    loader = prepare(model, data).loader(batch_size)
+    loader = prepare(model, data).loader(batch_size, num_workers=workers)
     for x, _, idx in tqdm(loader, desc=desc, leave=False, disable=not progress):
         probs = model.logits(x.to(device)).softmax(dim=1)
         p, k = probs.max(dim=1)
@@ -128,6 +130,7 @@ def run(
         model,
         data,
         batch_size=params.batch_size,
+        workers=params.workers,
         device=params.device,
         progress=params.progress,
         desc="evaluate",
