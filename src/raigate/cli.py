@@ -7,20 +7,34 @@ Set ``RAIGATE_DEBUG=1`` to see the traceback of an internal error.
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from raigate._version import __version__
-from raigate.errors import ConfigError, GateFailed, RaigateError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from raigate.cli_common import (
+    ClassNamesOpt,
+    DeviceOpt,
+    InputSizeOpt,
+    JsonOpt,
+    LimitOpt,
+    MeanOpt,
+    SampleOpt,
+    SeedOpt,
+    StdOpt,
+    TaskOpt,
+    WeightsOpt,
+    format_table,
+    handle_errors,
+    load_model_from_options,
+    read_label_map,
+    resolve_device,
+)
+from raigate.commands import register_commands
+from raigate.errors import GateFailed
 
 app = typer.Typer(
     name="raigate",
@@ -33,199 +47,6 @@ models_app = typer.Typer(help="Inspect model specs.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect data specs.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
-
-
-def _err(message: str) -> None:
-    typer.echo(f"raigate: error: {message}", err=True)
-
-
-def handle_errors(fn: F) -> F:
-    """Map the exception tree to exit codes with a one-line message, never a traceback for
-    user mistakes. Works under ``typer.testing.CliRunner`` too (it raises ``typer.Exit``)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except GateFailed as exc:
-            _err(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except RaigateError as exc:
-            _err(_one_line(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except BrokenPipeError:
-            # the reader (e.g. `| head`) went away: no error message, shell-style exit code
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-            raise typer.Exit(141) from None
-        except KeyboardInterrupt:
-            _err("interrupted; nothing was written for the unfinished step")
-            raise typer.Exit(130) from None
-        except Exception as exc:
-            if os.environ.get("RAIGATE_DEBUG"):
-                raise
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            _err(
-                f"internal error: {type(exc).__name__}: {first}"
-                " (a bug in raigate: rerun with RAIGATE_DEBUG=1 and report the traceback)"
-            )
-            raise typer.Exit(3) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _one_line(exc: BaseException) -> str:
-    """The user-facing line of an error. A DataLoader worker re-raises our error with its
-    traceback in the message ("Caught DataError in DataLoader worker process 0. Original
-    Traceback ..."); the original message is the last line, after the class name."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    if not lines:
-        return type(exc).__name__
-    if lines[0].startswith("Caught ") and "Original Traceback" in str(exc):
-        last = lines[-1]
-        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
-        return last[len(prefix) :] if last.startswith(prefix) else last
-    return lines[0]
-
-
-# -- option parsing -----------------------------------------------------------------------
-def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(_fraction(v)) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"--{name} must be comma-separated numbers, got {text!r}") from None
-
-
-def _fraction(v: str) -> float:
-    v = v.strip()
-    if "/" in v:
-        a, b = v.split("/", 1)
-        return float(a) / float(b)
-    return float(v)
-
-
-def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(
-            f"--{name} must be comma-separated integers like 3,32,32, got {text!r}"
-        ) from None
-
-
-def _names(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    names = tuple(v.strip() for v in text.split(",") if v.strip())
-    return names or None
-
-
-def _device(choice: str) -> str:
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            "--device cuda was asked for but no CUDA device is available; use --device cpu"
-        )
-    return choice
-
-
-def _label_map(path: Path | None) -> dict[str, str] | None:
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: --label-map file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}: --label-map is not valid JSON ({exc.msg} at line {exc.lineno})"
-        ) from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ConfigError(f"{path}: --label-map must be a JSON object of model class -> data label")
-    return {str(k): v for k, v in data.items()}
-
-
-def _table(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return "-" if v is None else str(v)
-
-    rows = [[fmt(r.get(c)) for c in columns] for r in records]
-    widths = [
-        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)
-    ]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-# -- shared options -------------------------------------------------------------------------
-WeightsOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--weights", help="weights for a pkg.module:factory spec (.safetensors or .pt state dict)"
-    ),
-]
-ClassNamesOpt = Annotated[
-    str | None,
-    typer.Option("--class-names", help="comma-separated class names in the model's output order"),
-]
-InputSizeOpt = Annotated[
-    str | None, typer.Option("--input-size", help="C,H,W the model takes, e.g. 3,32,32")
-]
-MeanOpt = Annotated[
-    str | None,
-    typer.Option("--mean", help="per-channel normalization mean, e.g. 0.485,0.456,0.406"),
-]
-StdOpt = Annotated[
-    str | None, typer.Option("--std", help="per-channel normalization std, e.g. 0.229,0.224,0.225")
-]
-TaskOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--task",
-        help="which label to predict: FairFace gender|age|race (default gender), "
-        "CIFAR-100 fine|coarse",
-    ),
-]
-LimitOpt = Annotated[int | None, typer.Option("--limit", help="use only the first N samples")]
-SampleOpt = Annotated[
-    int | None, typer.Option("--sample", help="use a seeded random N samples, stratified by label")
-]
-SeedOpt = Annotated[int, typer.Option("--seed", help="seed for --sample and every random step")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N]")]
-
-
-def _load_model(
-    spec: str,
-    weights: Path | None,
-    class_names: str | None,
-    input_size: str | None,
-    mean: str | None,
-    std: str | None,
-    data: Any = None,
-) -> Any:
-    from raigate.models import load_model
-
-    return load_model(
-        spec,
-        weights=weights,
-        class_names=_names(class_names),
-        input_size=_ints(input_size, "input-size"),
-        mean=_floats(mean, "mean"),
-        std=_floats(std, "std"),
-        data=data,
-    )
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -265,7 +86,7 @@ def models_inspect(
     as_json: JsonOpt = False,
 ) -> None:
     """Print class names, input shape, parameter count, capabilities and the weights digest."""
-    model = _load_model(spec, weights, class_names, input_size, mean, std)
+    model = load_model_from_options(spec, weights, class_names, input_size, mean, std)
     info = model.describe()
     if as_json:
         from raigate.results import dumps
@@ -365,13 +186,15 @@ def evaluate_cmd(
     from raigate.data import load_data
 
     data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
-    model = _load_model(model_spec, weights, class_names, input_size, mean, std, data=data)
+    model = load_model_from_options(
+        model_spec, weights, class_names, input_size, mean, std, data=data
+    )
     params = evaluate.EvaluateParams(
         batch_size=batch_size,
         workers=workers,
         min_accuracy=min_accuracy,
-        label_map=_label_map(label_map),
-        device=_device(device),
+        label_map=read_label_map(label_map),
+        device=resolve_device(device),
         seed=seed,
         progress=sys.stderr.isatty(),
     )
@@ -391,11 +214,13 @@ def _print_evaluation(result: Any) -> None:
         f"{m['accuracy_ci_high']:.4f}]  n={m['n']}{synthetic}"
     )
     typer.echo("\nper class:")
-    typer.echo(_table(m["per_class"], ["class", "n", "accuracy", "ci_low", "ci_high"]))
+    typer.echo(format_table(m["per_class"], ["class", "n", "accuracy", "ci_low", "ci_high"]))
     if m["per_attribute"]:
         typer.echo("\nper attribute value:")
         typer.echo(
-            _table(m["per_attribute"], ["attribute", "value", "n", "accuracy", "ci_low", "ci_high"])
+            format_table(
+                m["per_attribute"], ["attribute", "value", "n", "accuracy", "ci_low", "ci_high"]
+            )
         )
     for f in result.findings:
         typer.echo(f"\n[{f.severity.upper()}] {f.message}")
@@ -420,7 +245,7 @@ def demo_cmd(
         out,
         epochs=epochs,
         seed=seed,
-        device=_device(device),
+        device=resolve_device(device),
         progress=sys.stderr.isatty(),
         echo=typer.echo,
     )
@@ -429,6 +254,9 @@ def demo_cmd(
         f"\ndemo finished in {run.seconds:.1f}s; wrote {run.result_path} "
         f"and the model spec {run.model_spec}"
     )
+
+
+register_commands(app)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,214 @@
+"""What every ``raigate`` command shares: error mapping, option parsing, common options.
+
+Command modules (``raigate.cli`` and ``raigate.commands.*``) import from here so each
+command stays a thin parse-call-print function.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from raigate.errors import ConfigError, GateFailed, RaigateError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def echo_error(message: str) -> None:
+    typer.echo(f"raigate: error: {message}", err=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Map the exception tree to exit codes with a one-line message, never a traceback for
+    user mistakes. Works under ``typer.testing.CliRunner`` too (it raises ``typer.Exit``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except GateFailed as exc:
+            echo_error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except RaigateError as exc:
+            echo_error(one_line(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:
+            # the reader (e.g. `| head`) went away: no error message, shell-style exit code
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+            raise typer.Exit(141) from None
+        except KeyboardInterrupt:
+            echo_error("interrupted; nothing was written for the unfinished step")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("RAIGATE_DEBUG"):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            echo_error(
+                f"internal error: {type(exc).__name__}: {first}"
+                " (a bug in raigate: rerun with RAIGATE_DEBUG=1 and report the traceback)"
+            )
+            raise typer.Exit(3) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error. A DataLoader worker re-raises our error with its
+    traceback in the message ("Caught DataError in DataLoader worker process 0. Original
+    Traceback ..."); the original message is the last line, after the class name."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Caught ") and "Original Traceback" in str(exc):
+        last = lines[-1]
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        return last[len(prefix) :] if last.startswith(prefix) else last
+    return lines[0]
+
+
+# -- option parsing -----------------------------------------------------------------------
+def parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(parse_fraction(v)) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def parse_fraction(v: str) -> float:
+    v = v.strip()
+    if "/" in v:
+        a, b = v.split("/", 1)
+        return float(a) / float(b)
+    return float(v)
+
+
+def parse_ints(text: str | None, name: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--{name} must be comma-separated integers like 3,32,32, got {text!r}"
+        ) from None
+
+
+def parse_names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    return names or None
+
+
+def resolve_device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was asked for but no CUDA device is available; use --device cpu"
+        )
+    return choice
+
+
+def read_label_map(path: Path | None) -> dict[str, str] | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: --label-map file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: --label-map is not valid JSON ({exc.msg} at line {exc.lineno})"
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ConfigError(f"{path}: --label-map must be a JSON object of model class -> data label")
+    return {str(k): v for k, v in data.items()}
+
+
+def format_table(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return "-" if v is None else str(v)
+
+    rows = [[fmt(r.get(c)) for c in columns] for r in records]
+    widths = [
+        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)
+    ]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+# -- shared options -------------------------------------------------------------------------
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights", help="weights for a pkg.module:factory spec (.safetensors or .pt state dict)"
+    ),
+]
+ClassNamesOpt = Annotated[
+    str | None,
+    typer.Option("--class-names", help="comma-separated class names in the model's output order"),
+]
+InputSizeOpt = Annotated[
+    str | None, typer.Option("--input-size", help="C,H,W the model takes, e.g. 3,32,32")
+]
+MeanOpt = Annotated[
+    str | None,
+    typer.Option("--mean", help="per-channel normalization mean, e.g. 0.485,0.456,0.406"),
+]
+StdOpt = Annotated[
+    str | None, typer.Option("--std", help="per-channel normalization std, e.g. 0.229,0.224,0.225")
+]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        help="which label to predict: FairFace gender|age|race (default gender), "
+        "CIFAR-100 fine|coarse",
+    ),
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="use only the first N samples")]
+SampleOpt = Annotated[
+    int | None, typer.Option("--sample", help="use a seeded random N samples, stratified by label")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="seed for --sample and every random step")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N]")]
+
+
+def load_model_from_options(
+    spec: str,
+    weights: Path | None,
+    class_names: str | None,
+    input_size: str | None,
+    mean: str | None,
+    std: str | None,
+    data: Any = None,
+) -> Any:
+    from raigate.models import load_model
+
+    return load_model(
+        spec,
+        weights=weights,
+        class_names=parse_names(class_names),
+        input_size=parse_ints(input_size, "input-size"),
+        mean=parse_floats(mean, "mean"),
+        std=parse_floats(std, "std"),
+        data=data,
+    )
