@@ -9,7 +9,8 @@
     │   ├── DataError             missing path, wrong layout, bad CSV column, bad image
     │   ├── ConfigError           an option or parameter out of range
     │   └── MissingDependencyError  an optional package is not installed
-    └── GateFailed                exit 1  (the audit ran; a gate did not pass)
+    ├── GateFailed                exit 1  (the audit ran; a gate did not pass)
+    └── VerificationFailed        exit 1  (a signature or a subject digest does not verify)
 
 Messages are one line: what is wrong, naming the file or field, and what to do instead.
 """
@@ -58,5 +59,12 @@ class MissingDependencyError(UserError):
 
 class GateFailed(RaigateError):
     """The audit ran to the end and at least one gate did not pass."""
+
+    exit_code = 1
+
+
+class VerificationFailed(RaigateError):
+    """``raigate verify`` found a bad signature or a changed file: the evidence is not
+    what was signed. Exit 1, like a failed gate, so CI stops on it."""
 
     exit_code = 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,7 +96,7 @@ class DataRef(BaseModel):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 class CheckResult(BaseModel):
@@ -165,4 +165,63 @@ class CheckResult(BaseModel):
             first = str(exc).splitlines()[0]
             raise DataError(
                 f"{p}: not a raigate result (schema {SCHEMA_VERSION}): {first}"
+            ) from None
+
+
+class AuditReport(BaseModel):
+    """Everything one ``raigate audit`` run establishes, in one versioned document
+    (``report.json``): the plan, the environment, the model digest, the data manifest,
+    every check's result, the gates, the compliance mapping and the verdict.
+
+    ``verdict`` is the worst severity over all gates; ``passed`` applies ``fail_on``
+    (``fail``: only failures stop CI; ``warn``: warnings do too).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal["1"] = SCHEMA_VERSION
+    report_type: Literal["raigate.audit"] = "raigate.audit"
+    plan: dict[str, Any]
+    environment: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    model: dict[str, Any]
+    data: dict[str, Any]
+    checks: dict[str, CheckResult] = Field(default_factory=dict)
+    gates: list[Record] = Field(default_factory=list)
+    compliance: list[Record] = Field(default_factory=list)
+    verdict: Severity = "pass"
+    fail_on: Literal["warn", "fail"] = "fail"
+    created_at: str = Field(default_factory=_now)
+
+    @field_validator("plan", "environment", "model", "data", mode="before")
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        return to_jsonable(value)
+
+    @property
+    def passed(self) -> bool:
+        """True when no gate reaches the ``fail_on`` severity."""
+        limit = _SEVERITY_RANK[self.fail_on]
+        return all(_SEVERITY_RANK[g["severity"]] < limit for g in self.gates)
+
+    def to_json(self) -> str:
+        """Deterministic JSON text of the whole report."""
+        return dumps(self.model_dump(mode="python"))
+
+    def write(self, out_dir: str | os.PathLike[str], name: str = "report.json") -> Path:
+        """Write ``out_dir/name`` atomically and return its path."""
+        return write_atomic(Path(out_dir) / name, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AuditReport:
+        """Read a ``report.json`` back; a file that does not fit the schema is a DataError."""
+        p = Path(path)
+        try:
+            return cls.model_validate_json(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{p}: no such report file") from None
+        except ValueError as exc:
+            first = str(exc).splitlines()[0]
+            raise DataError(
+                f"{p}: not a raigate audit report (schema {SCHEMA_VERSION}): {first}"
             ) from None

@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 import typer
 
-REGISTRARS: list[Callable[[typer.Typer], None]] = []
+from raigate.commands import report
+
+REGISTRARS: list[Callable[[typer.Typer], None]] = [report.register]
 
 
 def register_commands(app: typer.Typer) -> None:

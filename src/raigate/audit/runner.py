@@ -1,0 +1,250 @@
+"""Run an audit plan end to end and seal it: checks → report.json, report.html,
+model-card.md, junit.xml → attestation.dsse.json (signed when a key is given).
+
+Write order is what makes a crash harmless: old ``attestation.dsse.json`` and
+``report.json`` are removed first, every file is written atomically, ``report.json`` is
+written after everything it describes and the attestation last. A bundle with a
+``report.json`` is complete; one whose attestation verifies is the one that was signed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raigate._io import write_atomic
+from raigate.config import AuditPlan
+from raigate.environment import collect_environment
+from raigate.results import AuditReport, CheckResult, dumps
+
+ATTESTATION = "attestation.dsse.json"
+BUNDLE_FILES = (
+    "report.json",
+    "report.html",
+    "model-card.md",
+    "junit.xml",
+    "model-manifest.json",
+    "data-manifest.json",
+)
+_RANK = {"pass": 0, "warn": 1, "fail": 2}
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    """What ``run_audit`` wrote and decided."""
+
+    report: AuditReport
+    out_dir: Path
+    signed: bool
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
+def run_audit(
+    plan: AuditPlan,
+    out_dir: str | Path,
+    *,
+    key: str | Path | None = None,
+    fail_on: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> AuditOutcome:
+    """Run every check in ``plan`` on its model and data and write the sealed bundle."""
+    from raigate.audit import CHECKS
+    from raigate.data import load_data
+    from raigate.models import load_model
+    from raigate.reports.attest import load_private_key
+
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    private_key = load_private_key(key) if key is not None else None  # fail before work
+    params_by_check = plan.check_params()
+    for stale in (ATTESTATION, "report.json"):
+        (out / stale).unlink(missing_ok=True)
+
+    data = load_data(
+        plan.data.spec,
+        task=plan.data.task,
+        limit=plan.data.limit,
+        sample=plan.data.sample,
+        seed=plan.seed,
+    )
+    import torch
+
+    torch.manual_seed(plan.seed)  # a factory without weights initializes from this seed
+    m = plan.model
+    model = load_model(
+        m.spec,
+        weights=m.weights,
+        class_names=m.class_names,
+        input_size=m.input_size,
+        mean=m.mean,
+        std=m.std,
+        data=data,
+    )
+    echo(
+        f"audit: model {model.spec} ({model.digest[:19]}…), data {data.spec} "
+        f"(n={len(data)}{', SYNTHETIC' if data.synthetic else ''})"
+    )
+
+    results: dict[str, CheckResult] = {}
+    for i, (name, params) in enumerate(params_by_check.items(), 1):
+        echo(f"[{i}/{len(params_by_check)}] {name} …")
+        run, _ = CHECKS[name]
+        if "device" in type(params).model_fields:
+            params = params.model_copy(update={"device": device})
+        if "progress" in type(params).model_fields:
+            params = params.model_copy(update={"progress": progress})
+        check_dir = out / "checks" / name
+        t0 = time.perf_counter()
+        torch.manual_seed(plan.seed)  # each check starts from the same RNG state
+        result = run(model, data, params, out_dir=check_dir)
+        result.artifacts = [f"checks/{name}/{a}" for a in result.artifacts]
+        result.write(check_dir)
+        results[name] = result
+        echo(
+            f"[{i}/{len(params_by_check)}] {name}: {result.verdict} "
+            f"({time.perf_counter() - t0:.1f}s)"
+        )
+
+    gates = [{"check": name, **f.model_dump()} for name, r in results.items() for f in r.findings]
+    verdict = max((g["severity"] for g in gates), key=_RANK.__getitem__, default="pass")
+    from raigate.reports.compliance import compliance_table
+
+    report = AuditReport(
+        plan=plan.model_dump(exclude={"source"}),
+        environment=collect_environment(device),
+        seed=plan.seed,
+        model=model.describe(),
+        data={
+            **{k: v for k, v in data.describe().items() if k != "manifest_files"},
+            "files": len(data.manifest.files),
+        },
+        checks=results,
+        gates=gates,
+        compliance=compliance_table(gates, list(results)),
+        verdict=verdict,  # type: ignore[arg-type]
+        fail_on=(fail_on or plan.fail_on),  # type: ignore[arg-type]
+    )
+    _write_bundle(report, out, plan, data.manifest.to_dict())
+    signed = private_key is not None
+    if private_key is not None:
+        sign_bundle(out, report, private_key)
+    return AuditOutcome(
+        report=report, out_dir=out, signed=signed, seconds=time.perf_counter() - start
+    )
+
+
+def _write_bundle(
+    report: AuditReport, out: Path, plan: AuditPlan, manifest: dict[str, Any]
+) -> None:
+    from raigate.reports.render import render_html, render_junit, render_model_card
+
+    write_atomic(out / "model-manifest.json", dumps(report.model))
+    write_atomic(out / "data-manifest.json", dumps(manifest))
+    write_atomic(out / "report.html", render_html(report, out))
+    write_atomic(out / "model-card.md", render_model_card(report, plan.card.model_dump()))
+    write_atomic(out / "junit.xml", render_junit(report))
+    report.write(out)  # last but the attestation: its presence marks a complete bundle
+
+
+def bundle_subjects(out: Path, report: AuditReport) -> list[dict[str, Any]]:
+    """Every file of the bundle (report, renderings, manifests, per-check results and
+    artifacts) plus the model's source files, each with its sha256."""
+    from raigate.reports.attest import subject_for
+
+    names = list(BUNDLE_FILES)
+    for name, result in report.checks.items():
+        names.append(f"checks/{name}/result.json")
+        names += result.artifacts
+    subjects = [subject_for(out / n, n) for n in dict.fromkeys(names)]
+    for f in report.model.get("files", []):
+        subjects.append({"name": f"model:{f['path']}", "digest": {"sha256": f["sha256"]}})
+    return subjects
+
+
+def sign_bundle(out: Path, report: AuditReport, private_key: Any) -> Path:
+    """Write ``attestation.dsse.json`` over the bundle's subjects."""
+    from raigate.reports.attest import sign_statement, statement
+
+    predicate = {
+        "verdict": report.verdict,
+        "passed": report.passed,
+        "fail_on": report.fail_on,
+        "gates": [
+            {"check": g["check"], "id": g["id"], "severity": g["severity"]} for g in report.gates
+        ],
+        "model_digest": report.model.get("digest"),
+        "data_manifest_digest": report.data.get("manifest_digest"),
+        "synthetic_data": bool(report.data.get("synthetic")),
+        "raigate_version": report.environment.get("raigate"),
+        "created_at": report.created_at,
+    }
+    envelope = sign_statement(statement(bundle_subjects(out, report), predicate), private_key)
+    return write_atomic(out / ATTESTATION, dumps(envelope))
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What ``verify_bundle`` checked."""
+
+    statement: dict[str, Any]
+    checked: list[str]
+    external_unchecked: list[str]
+
+
+def verify_bundle(
+    out_dir: str | Path, public_key_path: str | Path, *, require_model_files: bool = False
+) -> Verification:
+    """Offline verification: the DSSE signature with the public key, then every subject's
+    sha256. Any mismatch raises VerificationFailed naming the file. Model files outside the
+    bundle are checked where they exist (``require_model_files``: they must)."""
+    import json
+
+    from raigate._io import sha256_file
+    from raigate.errors import DataError, VerificationFailed
+    from raigate.reports.attest import load_public_key, verify_envelope
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise DataError(f"{out}: report folder not found")
+    env_path = out / ATTESTATION
+    try:
+        envelope = json.loads(env_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VerificationFailed(
+            f"{env_path}: no attestation; the report was not signed (run `raigate audit ... "
+            "--key raigate.key`)"
+        ) from None
+    except json.JSONDecodeError:
+        raise VerificationFailed(f"{env_path}: attestation is not valid JSON") from None
+    stmt = verify_envelope(envelope, load_public_key(public_key_path))
+    checked: list[str] = []
+    unchecked: list[str] = []
+    for subj in stmt.get("subject", []):
+        name, want = subj["name"], subj["digest"]["sha256"]
+        if name.startswith("model:"):
+            path = Path(name[len("model:") :])
+            if not path.is_file():
+                if require_model_files:
+                    raise VerificationFailed(
+                        f"{path}: model file named in the attestation is missing"
+                    )
+                unchecked.append(str(path))
+                continue
+        else:
+            path = out / name
+            if not path.is_file():
+                raise VerificationFailed(f"{name}: signed file is missing from {out}")
+        if sha256_file(path) != want:
+            raise VerificationFailed(f"{name}: contents changed since signing (sha256 differs)")
+        checked.append(name)
+    return Verification(statement=stmt, checked=checked, external_unchecked=unchecked)

@@ -1,0 +1,137 @@
+"""``raigate audit``, ``raigate keys generate`` and ``raigate verify``: the signed report
+and the CI gate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from raigate.cli_common import DeviceOpt, format_table, handle_errors, resolve_device
+from raigate.errors import GateFailed
+
+keys_app = typer.Typer(
+    help="Create the Ed25519 key pair that signs audit reports.", no_args_is_help=True
+)
+
+
+@keys_app.command("generate")
+@handle_errors
+def keys_generate(
+    out: Annotated[Path, typer.Option("--out", help="folder for raigate.key and raigate.pub")],
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing key pair")] = False,
+) -> None:
+    """Write raigate.key (private, mode 0600; never put it in a report) and raigate.pub."""
+    from raigate.reports.attest import generate_keys, key_id, load_public_key
+
+    priv, pub = generate_keys(out, overwrite=force)
+    typer.echo(f"wrote {priv} (private, mode 0600: keep it secret, e.g. a CI secret)")
+    typer.echo(
+        f"wrote {pub} (public: give it to whoever verifies; key id "
+        f"{key_id(load_public_key(pub))[:16]})"
+    )
+
+
+def audit_cmd(
+    plan: Annotated[Path, typer.Argument(help="audit plan TOML (model, data, checks, gates)")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the report bundle")],
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="Ed25519 private key (raigate.key) to sign the report"),
+    ] = None,
+    fail_on: Annotated[
+        Literal["warn", "fail"] | None,
+        typer.Option(
+            "--fail-on",
+            help="exit 1 on failed gates (fail, default from the plan) or on warnings too (warn)",
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Run an audit plan and write report.json, report.html, model-card.md, junit.xml and
+    (with --key) a signed attestation. Exit 0 when every gate passes, 1 when one fails."""
+    from raigate.audit.runner import run_audit
+    from raigate.config import load_plan
+
+    outcome = run_audit(
+        load_plan(plan),
+        out,
+        key=key,
+        fail_on=fail_on,
+        device=resolve_device(device),
+        progress=sys.stderr.isatty(),
+        echo=typer.echo,
+    )
+    print_verdict(outcome)
+    if not outcome.passed:
+        raise GateFailed(
+            f"audit verdict {outcome.report.verdict} under fail_on={outcome.report.fail_on}: "
+            f"see {outcome.out_dir / 'report.html'}"
+        )
+
+
+def print_verdict(outcome: object) -> None:
+    """The verdict table (one row per gate) and where the bundle is."""
+    report = outcome.report  # type: ignore[attr-defined]
+    rows = [
+        {
+            "check": g["check"],
+            "gate": g["id"],
+            "result": g["severity"].upper(),
+            "value": g["value"],
+            "threshold": g["threshold"],
+        }
+        for g in report.gates
+    ]
+    typer.echo("")
+    typer.echo(
+        format_table(rows, ["check", "gate", "result", "value", "threshold"])
+        if rows
+        else "(no gates in this plan)"
+    )
+    typer.echo(
+        f"\nverdict: {report.verdict.upper()} (fail_on={report.fail_on}: "
+        f"{'PASSED' if report.passed else 'FAILED'})"
+    )
+    out = outcome.out_dir  # type: ignore[attr-defined]
+    if outcome.signed:  # type: ignore[attr-defined]
+        typer.echo(f"signed: {out / 'attestation.dsse.json'}")
+    else:
+        typer.echo("unsigned: no --key given, so no attestation was written")
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+def verify_cmd(
+    bundle: Annotated[Path, typer.Argument(help="report folder written by raigate audit")],
+    key: Annotated[Path, typer.Option("--key", help="the signer's public key (raigate.pub)")],
+    require_model_files: Annotated[
+        bool,
+        typer.Option(
+            "--require-model-files",
+            help="fail when a signed model file outside the bundle is absent",
+        ),
+    ] = False,
+) -> None:
+    """Offline: check the signature, then every signed file's sha256. Exit 0 only when all
+    hold; 1 names the first file that does not."""
+    from raigate.audit.runner import verify_bundle
+
+    v = verify_bundle(bundle, key, require_model_files=require_model_files)
+    pred = v.statement.get("predicate", {})
+    typer.echo(f"signature OK ({key})")
+    typer.echo(f"{len(v.checked)} signed files match their sha256")
+    for path in v.external_unchecked:
+        typer.echo(f"not checked (absent here): {path}")
+    typer.echo(
+        f"verdict signed: {str(pred.get('verdict', '?')).upper()}, model "
+        f"{pred.get('model_digest')}, data {pred.get('data_manifest_digest')}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add audit, verify and keys to the CLI."""
+    app.command("audit")(handle_errors(audit_cmd))
+    app.command("verify")(handle_errors(verify_cmd))
+    app.add_typer(keys_app, name="keys")

@@ -1,0 +1,181 @@
+"""Sign and verify audit reports offline: an in-toto Statement v1 in a DSSE envelope,
+signed with Ed25519 (pyca/cryptography).
+
+Why this shape: DSSE (Dead Simple Signing Envelope, secure-systems-lab) signs the exact
+payload bytes together with their type through the Pre-Authentication Encoding, so a
+signature cannot be replayed onto another payload type; in-toto Statements are what
+supply-chain tools (sigstore, SLSA verifiers) already read. Each subject is a file of the
+report bundle (or a model file) with its sha256; the predicate carries the verdict.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> priv, pub = generate_keys(d)
+>>> _ = (d / "report.json").write_text("{}")
+>>> env = sign_statement(statement([subject_for(d / "report.json", "report.json")],
+...                                {"verdict": "pass"}), load_private_key(priv))
+>>> verify_envelope(env, load_public_key(pub))["predicate"]["verdict"]
+'pass'
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from raigate._io import sha256_file, write_atomic
+from raigate.errors import ConfigError, VerificationFailed
+
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://raigate.dev/audit-report/v1"
+PRIVATE_KEY_NAME = "raigate.key"
+PUBLIC_KEY_NAME = "raigate.pub"
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE v1 Pre-Authentication Encoding: ``DSSEv1 SP len(type) SP type SP len(body) SP body``."""
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+# -- keys --------------------------------------------------------------------------------------
+def generate_keys(out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write ``raigate.key`` (PKCS#8 PEM, mode 0600) and ``raigate.pub`` (SPKI PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    out = Path(out_dir)
+    priv_path, pub_path = out / PRIVATE_KEY_NAME, out / PUBLIC_KEY_NAME
+    if not overwrite and (priv_path.exists() or pub_path.exists()):
+        raise ConfigError(
+            f"{priv_path if priv_path.exists() else pub_path} already exists; choose another "
+            "--out folder or delete the old key pair first"
+        )
+    key = Ed25519PrivateKey.generate()
+    priv = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    write_atomic(priv_path, priv, mode=0o600)
+    write_atomic(pub_path, pub)
+    return priv_path, pub_path
+
+
+def _read_pem(path: str | os.PathLike[str], what: str) -> bytes:
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{p}: {what} not found; create a pair with `raigate keys generate`"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder; give the {what} file itself") from None
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Any:
+    """An Ed25519 private key from a PEM file; anything else is a ConfigError naming it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    data = _read_pem(path, "private key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path}: not an Ed25519 key; create one with `raigate keys generate`")
+    return key
+
+
+def load_public_key(path: str | os.PathLike[str]) -> Any:
+    """An Ed25519 public key from a PEM file; anything else is a ConfigError naming it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    data = _read_pem(path, "public key")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not a PEM public key ({exc}); pass raigate.pub") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{path}: not an Ed25519 public key; pass raigate.pub")
+    return key
+
+
+def key_id(public_key: Any) -> str:
+    """sha256 of the raw 32-byte public key, hex: names the key in the envelope."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+# -- statements --------------------------------------------------------------------------------
+def subject_for(path: str | os.PathLike[str], name: str) -> dict[str, Any]:
+    """An in-toto subject: ``{"name", "digest": {"sha256"}}`` for a file."""
+    return {"name": name, "digest": {"sha256": sha256_file(path)}}
+
+
+def statement(subjects: list[dict[str, Any]], predicate: dict[str, Any]) -> dict[str, Any]:
+    """An in-toto Statement v1 with raigate's predicate type."""
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": sorted(subjects, key=lambda s: s["name"]),
+        "predicateType": PREDICATE_TYPE,
+        "predicate": predicate,
+    }
+
+
+def sign_statement(stmt: dict[str, Any], private_key: Any) -> dict[str, Any]:
+    """A DSSE envelope over the canonical JSON of ``stmt``."""
+    payload = json.dumps(stmt, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    sig = private_key.sign(pae(PAYLOAD_TYPE, payload))
+    return {
+        "payload": base64.b64encode(payload).decode("ascii"),
+        "payloadType": PAYLOAD_TYPE,
+        "signatures": [
+            {
+                "keyid": key_id(private_key.public_key()),
+                "sig": base64.b64encode(sig).decode("ascii"),
+            }
+        ],
+    }
+
+
+def verify_envelope(envelope: dict[str, Any], public_key: Any) -> dict[str, Any]:
+    """Check the DSSE signature with ``public_key``; return the decoded Statement."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        payload = base64.b64decode(envelope["payload"], validate=True)
+        payload_type = envelope["payloadType"]
+        sigs = envelope["signatures"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VerificationFailed(
+            f"attestation is not a DSSE envelope (missing or bad {exc})"
+        ) from None
+    if payload_type != PAYLOAD_TYPE:
+        raise VerificationFailed(
+            f"attestation payloadType is {payload_type!r}, expected {PAYLOAD_TYPE}"
+        )
+    message = pae(payload_type, payload)
+    for entry in sigs:
+        try:
+            public_key.verify(base64.b64decode(entry["sig"], validate=True), message)
+        except (InvalidSignature, KeyError, TypeError, ValueError):
+            continue
+        stmt = json.loads(payload)
+        if stmt.get("_type") != STATEMENT_TYPE:
+            raise VerificationFailed("signed payload is not an in-toto Statement v1")
+        return stmt
+    raise VerificationFailed(
+        "signature does not verify with this public key: the report was signed with another "
+        "key or the attestation was changed"
+    )

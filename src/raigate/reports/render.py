@@ -1,0 +1,341 @@
+"""Render an :class:`~raigate.results.AuditReport` for people and for CI: one
+self-contained ``report.html`` (plots embedded, no network), ``model-card.md`` (Mitchell et
+al. 2019 sections with Hugging Face front matter) and ``junit.xml`` (one test case per gate).
+
+Rendering is generic over ``CheckResult``: scalar metrics become a summary table, every
+table metric a table, every PNG artifact an embedded figure, so a new check shows up in the
+report without touching this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from raigate.results import AuditReport, CheckResult
+
+_MAX_ROWS = 200
+_BADGE = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "reported": "#57606a"}
+_TITLES = {
+    "evaluate": "Accuracy",
+    "fairness": "Bias (fairness across groups)",
+    "robustness": "Robustness (adversarial attacks and certified defense)",
+    "privacy": "Privacy (DP-SGD and membership leakage)",
+    "explanations": "Explanations (attributions and their faithfulness)",
+}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if v is None:
+        return "–"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def _table(records: list[dict[str, Any]], caption: str | None = None) -> str:
+    if not records:
+        return "<p class='muted'>(empty)</p>"
+    cols: list[str] = []
+    for r in records:
+        cols += [c for c in r if c not in cols]
+    shown = records[:_MAX_ROWS]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
+        for r in shown
+    )
+    more = (
+        f"<p class='muted'>{len(records) - _MAX_ROWS} more rows in report.json</p>"
+        if len(records) > _MAX_ROWS
+        else ""
+    )
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+
+
+def _badge(severity: str) -> str:
+    color = _BADGE.get(severity, "#57606a")
+    return f"<span class='badge' style='background:{color}'>{html.escape(severity.upper())}</span>"
+
+
+def _section(name: str, result: CheckResult, bundle: Path) -> str:
+    parts = [
+        f"<section id='check-{html.escape(name)}'><h2>{html.escape(_TITLES.get(name, name))}"
+        f" {_badge(result.verdict)}</h2>"
+    ]
+    data_note = " — <strong>SYNTHETIC data</strong>" if result.data.synthetic else ""
+    parts.append(
+        f"<p class='muted'>check <code>{html.escape(name)}</code>, data "
+        f"<code>{html.escape(result.data.spec)}</code>{data_note}, seed {result.seed}, "
+        f"{result.timing_s:.1f}s</p>"
+    )
+    if result.findings:
+        items = "".join(
+            f"<li>{_badge(f.severity)} <code>{html.escape(f.id)}</code> "
+            f"{html.escape(f.message)}</li>"
+            for f in result.findings
+        )
+        parts.append(f"<h3>Findings</h3><ul class='findings'>{items}</ul>")
+    scalars = [
+        {"metric": k, "value": v}
+        for k, v in sorted(result.metrics.items())
+        if not isinstance(v, list)
+    ]
+    if scalars:
+        parts.append("<h3>Summary</h3>" + _table(scalars))
+    for key, value in sorted(result.metrics.items()):
+        if isinstance(value, list):
+            parts.append(f"<h3>{html.escape(key)}</h3>" + _table(value))
+    for rel in result.artifacts:
+        path = bundle / rel
+        if path.suffix.lower() == ".png" and path.is_file():
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(
+                f"<figure><img alt='{html.escape(rel)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{html.escape(rel)}</figcaption></figure>"
+            )
+    other = [a for a in result.artifacts if not a.lower().endswith(".png")]
+    if other:
+        parts.append(
+            "<p class='muted'>files: "
+            + ", ".join(f"<code>{html.escape(a)}</code>" for a in other)
+            + "</p>"
+        )
+    params = [{"param": k, "value": v} for k, v in sorted(result.params.items())]
+    parts.append(
+        "<details><summary>Parameters and definitions</summary>"
+        + _table(params)
+        + "</details></section>"
+    )
+    return "".join(parts)
+
+
+_CSS = """
+body{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
+padding:0 1rem;color:#1f2328}
+h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;margin-top:2.5rem}
+table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:13px}
+td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left}th{background:#f6f8fa}
+.badge{color:#fff;border-radius:4px;padding:1px 7px;font-size:12px;font-weight:600}
+.muted{color:#57606a}.verdict{font-size:1.4rem;margin:1rem 0}
+figure{margin:1rem 0}img{max-width:100%;border:1px solid #d0d7de}
+code{background:#f6f8fa;padding:0 3px;border-radius:3px}
+.synthetic{background:#fff8c5;border:1px solid #d4a72c;padding:.5rem 1rem;border-radius:6px}
+"""
+
+
+def render_html(report: AuditReport, bundle: Path) -> str:
+    """One self-contained HTML page: verdict first, then each area, then compliance."""
+    m, d = report.model, report.data
+    gate_rows = [
+        {
+            "check": g["check"],
+            "gate": g["id"],
+            "severity": g["severity"],
+            "value": g["value"],
+            "threshold": g["threshold"],
+            "message": g["message"],
+        }
+        for g in report.gates
+    ]
+    status = "PASSED" if report.passed else "FAILED"
+    synthetic = (
+        "<p class='synthetic'>This audit ran on <strong>synthetic</strong> built-in data: "
+        "the numbers demonstrate the tool, not the behaviour of a model on real people.</p>"
+        if d.get("synthetic")
+        else ""
+    )
+    body = [
+        f"<h1>raigate audit report</h1><p class='muted'>created {html.escape(report.created_at)}"
+        f" · raigate {html.escape(str(report.environment.get('raigate', '?')))} · seed "
+        f"{report.seed}</p>",
+        f"<div class='verdict' id='verdict'>Verdict: {_badge(report.verdict)} — gate policy "
+        f"<code>fail_on={report.fail_on}</code>: <strong>{status}</strong></div>",
+        synthetic,
+        "<h2>Gates</h2>" + _table(gate_rows) if gate_rows else "<h2>Gates</h2><p>No gates.</p>",
+        "<h2>What was audited</h2>"
+        + _table(
+            [
+                {"item": "model", "value": m.get("spec")},
+                {"item": "model digest (sha256 over weight tensors)", "value": m.get("digest")},
+                {"item": "classes", "value": ", ".join(m.get("class_names", []))},
+                {"item": "input shape", "value": "x".join(map(str, m.get("input_shape", [])))},
+                {"item": "data", "value": d.get("spec")},
+                {"item": "samples", "value": d.get("n")},
+                {"item": "data manifest digest", "value": d.get("manifest_digest")},
+                {"item": "synthetic data", "value": d.get("synthetic")},
+            ]
+        ),
+    ]
+    for name, result in report.checks.items():
+        body.append(_section(name, result, bundle))
+    body.append(
+        "<h2 id='compliance'>Compliance mapping</h2><p class='muted'>Each row says which "
+        "clause a check's evidence is relevant to. References for reviewers, not legal "
+        "advice and not a statement that a clause is met.</p>"
+        + _table([{k: v for k, v in r.items() if k != "gates"} for r in report.compliance])
+    )
+    env = report.environment
+    pkgs = [{"package": k, "version": v} for k, v in sorted(env.get("packages", {}).items())]
+    body.append(
+        "<h2>Environment</h2>"
+        + _table(
+            [
+                {"item": k, "value": env.get(k)}
+                for k in ("python", "platform", "device", "torch_threads", "cuda_available")
+            ]
+        )
+        + _table(pkgs)
+    )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>raigate audit: {html.escape(str(m.get('spec')))}</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def render_model_card(report: AuditReport, card: dict[str, Any]) -> str:
+    """``model-card.md``: Mitchell et al. 2019's sections, Hugging Face front matter."""
+    m, d = report.model, report.data
+    unstated = "_Not stated in the audit plan (`[card]`); fill in before release._"
+    lines = [
+        "---",
+        "library_name: pytorch",
+        f"license: {card.get('license') or 'other'}",
+        "tags:",
+        "- image-classification",
+        "- raigate-audit",
+        "pipeline_tag: image-classification",
+        "---",
+        "",
+        f"# Model card: `{m.get('spec')}`",
+        "",
+        f"Generated by raigate {report.environment.get('raigate', '?')} on {report.created_at} "
+        f"from a signed audit (verdict **{report.verdict}**, gate policy fail_on="
+        f"{report.fail_on}).",
+        "",
+        "## Model details",
+        f"- Weights digest: `{m.get('digest')}` (sha256 over the weight tensors)",
+        f"- Classes ({len(m.get('class_names', []))}): {', '.join(m.get('class_names', []))}",
+        f"- Input: {'x'.join(map(str, m.get('input_shape', [])))} pixels in [0, 1]",
+        f"- Parameters: {m.get('num_parameters', '?'):,}"
+        if isinstance(m.get("num_parameters"), int)
+        else "- Parameters: ?",
+        f"- Owners: {card.get('owners') or unstated}",
+        "",
+        "## Intended use",
+        card.get("intended_use") or unstated,
+        "",
+        "Out of scope: " + (card.get("out_of_scope_use") or unstated),
+        "",
+        "## Factors",
+    ]
+    attrs = [k for k in d.get("counts", {}) if k != "label"]
+    lines.append(
+        f"Groups examined: {', '.join(attrs)} (and intersections where the fairness check ran)."
+        if attrs
+        else "The evaluation data carries no group attributes."
+    )
+    lines += ["", "## Metrics"]
+    for name, result in report.checks.items():
+        for f in result.findings:
+            lines.append(f"- `{name}` · {f.id}: **{f.severity}** — {f.message}")
+        if not result.findings:
+            lines.append(f"- `{name}`: reported without gates (see report.html)")
+    ev = report.checks.get("evaluate")
+    lines += [
+        "",
+        "## Evaluation data",
+        f"- `{d.get('spec')}`: {d.get('n')} samples, manifest `{d.get('manifest_digest')}`"
+        + (" — **synthetic** built-in data" if d.get("synthetic") else ""),
+        "",
+        "## Training data",
+        card.get("training_data") or unstated,
+        "",
+        "## Quantitative analyses",
+    ]
+    if ev is not None:
+        lines.append(
+            f"Clean accuracy {ev.metrics.get('accuracy', float('nan')):.4f} (95% Wilson CI "
+            f"{ev.metrics.get('accuracy_ci_low', float('nan')):.4f}–"
+            f"{ev.metrics.get('accuracy_ci_high', float('nan')):.4f}, n={ev.metrics.get('n')})."
+        )
+        per_attr = ev.metrics.get("per_attribute") or []
+        if isinstance(per_attr, list) and per_attr:
+            lines += ["", "| attribute | group | n | accuracy |", "|---|---|---|---|"]
+            lines += [
+                f"| {r['attribute']} | {r['value']} | {r['n']} | "
+                f"{'–' if r['accuracy'] is None else format(r['accuracy'], '.4f')} |"
+                for r in per_attr
+            ]
+    lines += [
+        "",
+        "Full tables per check are in report.html and report.json.",
+        "",
+        "## Ethical considerations",
+    ]
+    if "fairness" not in report.checks:
+        lines.append("No fairness check was run in this audit; group disparities are not assessed.")
+    else:
+        lines.append("See the fairness findings above and the per-group tables in report.html.")
+    lines += ["", "## Caveats and recommendations"]
+    if d.get("synthetic"):
+        lines.append("- The audit data is synthetic: results demonstrate the tooling only.")
+    lines.append(
+        "- Every number holds for the data and settings named in report.json; "
+        "re-audit after retraining or when the deployment population changes."
+    )
+    missing = [
+        c for c in ("fairness", "robustness", "privacy", "explanations") if c not in report.checks
+    ]
+    if missing:
+        lines.append(f"- Not assessed in this audit: {', '.join(missing)}.")
+    return "\n".join(lines) + "\n"
+
+
+def render_junit(report: AuditReport) -> str:
+    """JUnit XML: a test suite per check, a test case per gate; ``fail`` is a failure, and
+    ``warn`` is one too under ``fail_on=warn``."""
+    suites = ET.Element("testsuites", name="raigate audit")
+    total_fail = 0
+    for name, result in report.checks.items():
+        cases = result.findings
+        failing = [
+            f
+            for f in cases
+            if f.severity == "fail" or (f.severity == "warn" and report.fail_on == "warn")
+        ]
+        total_fail += len(failing)
+        suite = ET.SubElement(
+            suites,
+            "testsuite",
+            name=name,
+            tests=str(len(cases)),
+            failures=str(len(failing)),
+            errors="0",
+            skipped="0",
+            time=f"{result.timing_s:.3f}",
+        )
+        for f in cases:
+            case = ET.SubElement(
+                suite, "testcase", classname=f"raigate.{name}", name=f.id, time="0"
+            )
+            if f in failing:
+                fail = ET.SubElement(case, "failure", message=f.message, type=f.severity)
+                fail.text = f"{f.metric}={f.value} threshold={f.threshold}"
+            else:
+                out = ET.SubElement(case, "system-out")
+                out.text = f"[{f.severity}] {f.message}"
+    suites.set("tests", str(len(report.gates)))
+    suites.set("failures", str(total_fail))
+    ET.indent(suites)
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    )
