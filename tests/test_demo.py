@@ -28,6 +28,11 @@ def test_demo_trains_evaluates_and_finds_the_planted_gap(tmp_path: Path) -> None
     assert min(others) - race[group] > 0.1
     assert any("SYNTHETIC" in line for line in lines)
     assert any(line.startswith("injected disparity") for line in lines)
+    # the bundle is signed with a throwaway key made in the folder, and verifies
+    assert any("throwaway key pair" in line for line in lines)
+    assert any(line.startswith("[demo 4/4] verify: signature OK") for line in lines)
+    assert run.outcome.signed and (tmp_path / "attestation.dsse.json").is_file()
+    assert (tmp_path / "report.html").is_file() and run.outcome.passed
 
     # the saved spec reloads to the same function (same digest) and the same accuracy
     model = raigate.load_model(str(run.model_spec))

@@ -232,27 +232,35 @@ def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="folder for the demo's outputs")] = Path(
         "demo-out"
     ),
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="Ed25519 private key to sign with (default: a throwaway pair)"),
+    ] = None,
     epochs: Annotated[
         int, typer.Option("--epochs", min=1, help="training epochs for the demo model")
     ] = 8,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Train the built-in demo model on built-in synthetic data and audit it, offline."""
+    """Train the built-in demo model on built-in synthetic data, audit it, sign and verify
+    the report, offline."""
+    from raigate.commands.report import print_verdict
     from raigate.demo import run_demo
 
     run = run_demo(
         out,
         epochs=epochs,
         seed=seed,
+        key=key,
         device=resolve_device(device),
         progress=sys.stderr.isatty(),
         echo=typer.echo,
     )
+    typer.echo("")
     _print_evaluation(run.result)
+    print_verdict(run.outcome)
     typer.echo(
-        f"\ndemo finished in {run.seconds:.1f}s; wrote {run.result_path} "
-        f"and the model spec {run.model_spec}"
+        f"\ndemo finished in {run.seconds:.1f}s; model spec {run.model_spec}, plan {run.plan}"
     )
 
 
