@@ -32,7 +32,11 @@ def test_demo_trains_evaluates_and_finds_the_planted_gap(tmp_path: Path) -> None
     assert any("throwaway key pair" in line for line in lines)
     assert any(line.startswith("[demo 4/4] verify: signature OK") for line in lines)
     assert run.outcome.signed and (tmp_path / "attestation.dsse.json").is_file()
-    assert (tmp_path / "report.html").is_file() and run.outcome.passed
+    assert (tmp_path / "report.html").is_file()
+    # the fairness gate fails on the planted disparity and names the group
+    gates = {g["id"]: g for g in run.outcome.report.gates if g["check"] == "fairness"}
+    assert any(g["severity"] == "fail" and group in g["message"] for g in gates.values()), gates
+    assert run.outcome.report.verdict == "fail" and not run.outcome.passed
 
     # the saved spec reloads to the same function (same digest) and the same accuracy
     model = raigate.load_model(str(run.model_spec))

@@ -259,6 +259,11 @@ def demo_cmd(
     typer.echo("")
     _print_evaluation(run.result)
     print_verdict(run.outcome)
+    if not run.outcome.passed:
+        typer.echo(
+            "the demo's verdict is not a pass: the audit found what was planted in the "
+            "synthetic data (see the gates above); `raigate audit` would exit 1 here"
+        )
     typer.echo(
         f"\ndemo finished in {run.seconds:.1f}s; model spec {run.model_spec}, plan {run.plan}"
     )

@@ -36,6 +36,7 @@ DEMO_FACTORY = "raigate.zoo:small_cnn"
 # minutes on 2 CPU cores. Gate thresholds are the checks' documented defaults.
 DEMO_CHECKS: dict[str, str] = {
     "evaluate": "min_accuracy = 0.85\n",
+    "fairness": 'sensitive = ["race", "gender", "age"]\nintersections = [["race", "gender"]]\n',
 }
 
 
