@@ -1,0 +1,760 @@
+"""Explanations check: attribution maps that are tested, not just drawn.
+
+For ``n_samples`` images (a seeded sample stratified by label) the check computes the maps
+of every requested method for the target class (the model's prediction, or the label) and
+measures, per method:
+
+* **faithfulness**: deletion and insertion AUC (Petsiuk et al. 2018) against the same
+  curves for a random pixel order, with one-sided Wilcoxon signed-rank p-values over the
+  images; Captum's ``infidelity`` and ``sensitivity_max`` (Yeh et al. 2019);
+* **sanity**: the cascading model-parameter randomization test (Adebayo et al. 2018): the
+  mean Spearman correlation between the maps of the trained model and of copies whose
+  layers are re-initialized from the top down; a method whose maps stay correlated above
+  ``sanity_max_spearman`` after *every* layer is randomized fails the check;
+* **Integrated Gradients' completeness delta** per image (Sundararajan et al. 2017): a
+  delta above ``ig_delta_tolerance`` of ``|f(x) - f(baseline)|`` warns to raise n_steps;
+* **agreement** between methods (mean Spearman of the absolute maps) and, on data with
+  group attributes (FairFace, demo), the mean map per group and its total-variation
+  distance to the overall mean map.
+
+Methods that cannot run on the model (Grad-CAM without a conv layer, e.g. a ViT) are
+skipped with a note in the ``methods`` table. With ``out_dir`` the check writes PNG
+figures there: ``explanations_grid.png`` (image + overlay per method),
+``sanity_cascade.png`` and ``group_maps_<attribute>.png``.
+
+>>> import raigate
+>>> from raigate.audit import explanations
+>>> data = raigate.load_data("demo:test", limit=4)
+>>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+>>> params = explanations.ExplainParams(
+...     methods=["saliency"], n_samples=2, sanity_layers=2, progress=False
+... )
+>>> result = explanations.run(model, data, params)
+>>> result.table("faithfulness")["method"].tolist()
+['saliency']
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from raigate._io import write_atomic
+from raigate.audit.evaluate import prepare
+from raigate.data.base import Dataset, select
+from raigate.environment import collect_environment
+from raigate.errors import ConfigError
+from raigate.explain.methods import (
+    AttributionConfig,
+    Method,
+    default_blur_sigma,
+    get_method,
+    make_baseline,
+)
+from raigate.explain.metrics import (
+    deletion_insertion,
+    group_mean_maps,
+    importance,
+    infidelity_scores,
+    sensitivity_scores,
+    spearman_rows,
+    square_removal,
+)
+from raigate.explain.sanity import cascade
+from raigate.labels import align_classes
+from raigate.models.base import Model
+from raigate.results import CheckResult, DataRef, Finding, ModelRef
+
+NAME = "explanations"
+DEFAULT_METHODS = ("integrated-gradients", "saliency", "gradcam", "smoothgrad", "occlusion")
+_ID_COLUMNS = {"file", "path", "filename", "service_test"}
+
+
+class ExplainParams(BaseModel):
+    """Parameters of the explanations check (every one is echoed into ``result.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    methods: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_METHODS), description="registered method names"
+    )
+    n_samples: int = Field(16, gt=0, description="images explained (seeded, stratified)")
+    target: Literal["predicted", "label"] = Field(
+        "predicted", description="class explained: the model's prediction or the true label"
+    )
+    label_map: dict[str, str] | None = Field(None, description="model class -> data label")
+    layer: str | None = Field(None, description="Grad-CAM layer (module name in model.net)")
+    baseline: Literal["black", "blur", "uniform"] = Field(
+        "black", description="reference image for Integrated Gradients and occlusion"
+    )
+    n_steps: int = Field(50, gt=0, description="Integrated Gradients quadrature points")
+    batch_size: int = Field(128, gt=0, description="images per forward/backward pass")
+    smoothgrad_samples: int = Field(16, gt=0, description="noisy copies per image")
+    smoothgrad_stdev: float = Field(0.15, gt=0, description="SmoothGrad noise std (pixels)")
+    occlusion_window: int | None = Field(None, gt=0, description="px; default min(H,W)/8")
+    occlusion_stride: int | None = Field(None, gt=0, description="px; default window/2")
+    blur_sigma: float | None = Field(None, gt=0, description="px; default max(H,W)/16")
+    curve_steps: int = Field(20, gt=0, description="points of the deletion/insertion curves")
+    infidelity_perturbations: int = Field(16, gt=0, description="perturbations per image")
+    infidelity_square: int | None = Field(
+        None, gt=0, description="side of infidelity's removed square, px; default min(H,W)/4"
+    )
+    sensitivity_samples: int = Field(8, ge=0, description="images for sensitivity_max")
+    sensitivity_perturbations: int = Field(8, gt=0, description="perturbations per image")
+    sensitivity_radius: float = Field(0.02, gt=0, description="L-inf radius (pixels)")
+    sanity_samples: int = Field(16, gt=0, description="images for the randomization test")
+    sanity_layers: int = Field(5, gt=0, description="randomization checkpoints (depths)")
+    sanity_max_spearman: float = Field(
+        0.7, ge=-1, le=1, description="fail when the fully randomized maps correlate above this"
+    )
+    ig_delta_tolerance: float = Field(
+        0.05, gt=0, description="warn when |delta| > this x |f(x) - f(baseline)|"
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="level of the Wilcoxon tests")
+    grid_samples: int = Field(8, ge=0, description="images in explanations_grid.png")
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        names = [v.strip() for v in value if v.strip()]
+        if not names:
+            raise ValueError("give at least one method")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a method is listed twice: {names}")
+        return names
+
+    def attribution_config(self) -> AttributionConfig:
+        return AttributionConfig(
+            baseline=self.baseline,
+            n_steps=self.n_steps,
+            batch_size=self.batch_size,
+            layer=self.layer,
+            smoothgrad_samples=self.smoothgrad_samples,
+            smoothgrad_stdev=self.smoothgrad_stdev,
+            occlusion_window=self.occlusion_window,
+            occlusion_stride=self.occlusion_stride,
+            blur_sigma=self.blur_sigma,
+            seed=self.seed,
+        )
+
+
+DEFINITIONS = {
+    "importance": "channel sum of the attributions per pixel (signed for ranking, absolute "
+    "for correlations and figures)",
+    "deletion_auc": "Petsiuk et al. 2018: area under the target-class softmax probability as "
+    "the top-ranked pixels are set to black, over the deleted fraction 0..1 (lower = more "
+    "faithful)",
+    "insertion_auc": "Petsiuk et al. 2018: area under the target-class probability as the "
+    "top-ranked pixels are put back into a blurred copy (blur_sigma), fraction 0..1 (higher "
+    "= more faithful)",
+    "random_deletion_auc": "the same curves for a uniformly random pixel order (seeded)",
+    "wilcoxon_p": "one-sided Wilcoxon signed-rank test over images: method better than random",
+    "infidelity": "Yeh et al. 2019 via captum.metrics.infidelity: square-removal perturbations "
+    "(one random infidelity_square x infidelity_square square set to the baseline image), "
+    "target logit, normalize=True; mean over images (lower = better)",
+    "sensitivity_max": "Yeh et al. 2019 via captum.metrics.sensitivity_max: uniform noise in "
+    "the L-inf ball of sensitivity_radius, Frobenius norm relative to the map; mean over the "
+    "first sensitivity_samples images (lower = more stable)",
+    "spearman": "Adebayo et al. 2018 cascading randomization: mean over sanity_samples images "
+    "of the Spearman rank correlation between the absolute maps of the trained model and of a "
+    "copy with the top `layers_randomized` layers re-initialized (down to `layer`)",
+    "passed": "spearman below sanity_max_spearman (the maps changed); the method's finding "
+    "uses the row where every layer is randomized",
+    "relative_delta": "|IG attribution sum - (f(x) - f(baseline))| / |f(x) - f(baseline)| on "
+    "the target logit",
+    "tv_distance": "0.5 * sum |mean map of the group - mean map of all images|, maps "
+    "normalized to sum 1 (0 = same regions, 1 = disjoint)",
+}
+
+
+def explained_samples(data: Dataset, params: ExplainParams) -> Dataset:
+    """The images the check explains, in order: a seeded sample of ``n_samples`` stratified
+    by label, then shuffled with the same seed so that the first images (the figures, the
+    randomization test, max-sensitivity) span the classes instead of the first one."""
+    chosen = select(data, sample=params.n_samples, seed=params.seed)
+    return chosen.subset(np.random.default_rng(params.seed).permutation(len(chosen)))
+
+
+def _targets_from_labels(
+    model: Model, data: Dataset, label_map: dict[str, str] | None
+) -> np.ndarray:
+    """``inv[data label] = model class index`` (matching by name, see raigate.labels)."""
+    mapping = align_classes(model.class_names, data.class_names, label_map)
+    inv = np.full(len(data.class_names), -1, dtype=np.int64)
+    for model_class, data_class in enumerate(mapping):
+        if data_class >= 0:
+            inv[data_class] = model_class
+    return inv
+
+
+def _group_columns(attributes: pd.DataFrame) -> list[str]:
+    cols = []
+    for col in attributes.columns:
+        if str(col) in _ID_COLUMNS:
+            continue
+        series = attributes[col]
+        if isinstance(series.dtype, pd.CategoricalDtype) or (
+            series.dtype == object and 2 <= series.nunique() <= 20
+        ):
+            cols.append(str(col))
+    return cols
+
+
+def _infidelity_square(params: ExplainParams, x: Tensor) -> int:
+    return params.infidelity_square or max(1, round(min(x.shape[-2:]) / 4))
+
+
+def _wilcoxon_less(a: np.ndarray, b: np.ndarray) -> float | None:
+    """One-sided p-value that ``a`` tends to be below ``b`` (paired); None when undefined."""
+    from scipy.stats import wilcoxon
+
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if diff.size < 2 or not np.any(diff != 0):
+        return None
+    try:
+        return float(wilcoxon(diff, alternative="less").pvalue)
+    except ValueError:
+        return None
+
+
+def _mean(values: list[Tensor]) -> float | None:
+    if not values:
+        return None
+    return float(torch.cat(values).double().mean())
+
+
+class _Collected:
+    """Per-method outputs of the attribution pass over the samples."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.abs_maps: dict[str, list[Tensor]] = {n: [] for n in names}
+        self.deletion: dict[str, list[Tensor]] = {n: [] for n in names}
+        self.insertion: dict[str, list[Tensor]] = {n: [] for n in names}
+        self.infidelity: dict[str, list[Tensor]] = {n: [] for n in names}
+        self.random_deletion: list[Tensor] = []
+        self.random_insertion: list[Tensor] = []
+        self.delta_rows: list[dict[str, Any]] = []
+        self.kept_x: list[Tensor] = []
+        self.kept_target: list[Tensor] = []
+        self.targets: list[Tensor] = []
+        self.probs: list[Tensor] = []
+        self.labels: list[Tensor] = []
+
+
+def _attribution_pass(
+    model: Model,
+    data: Dataset,
+    methods: dict[str, Method],
+    config: AttributionConfig,
+    params: ExplainParams,
+    label_targets: np.ndarray | None,
+    keep: int,
+) -> _Collected:
+    """One pass over the images: maps, curves, infidelity and IG deltas per method."""
+    device = params.device
+    out = _Collected(list(methods))
+    gen = torch.Generator(device="cpu").manual_seed(params.seed)
+    kept = 0
+    attrs = data.attributes
+    id_col = next((c for c in ("file", "path", "filename") if c in attrs.columns), None)
+    files = attrs[id_col].astype(str).tolist() if id_col else None
+    loader = data.loader(params.batch_size)
+    for x, y, idx in tqdm(loader, desc="explain", leave=False, disable=not params.progress):
+        x = x.to(device)
+        with torch.no_grad():
+            probs = model.logits(x).softmax(dim=1)
+        if label_targets is not None:
+            target = torch.from_numpy(label_targets[y.numpy()]).to(device)
+        else:
+            target = probs.argmax(dim=1)
+        sigma = params.blur_sigma if params.blur_sigma is not None else default_blur_sigma(x)
+        for name, method in methods.items():
+            attr, delta = method.attribute_with_delta(model, x, target, config)
+            imp = importance(attr)
+            out.abs_maps[name].append(imp.abs().cpu())
+            d, i = deletion_insertion(
+                model,
+                x,
+                imp,
+                target,
+                steps=params.curve_steps,
+                blur_sigma=sigma,
+                batch_size=params.batch_size,
+            )
+            out.deletion[name].append(d)
+            out.insertion[name].append(i)
+            out.infidelity[name].append(
+                infidelity_scores(
+                    model,
+                    x,
+                    attr,
+                    target,
+                    perturb=square_removal(
+                        _infidelity_square(params, x),
+                        lambda inputs: make_baseline(inputs, config),
+                    ),
+                    n_perturb=params.infidelity_perturbations,
+                    batch_size=params.batch_size,
+                    seed=params.seed,
+                )
+            )
+            if delta is not None:
+                out.delta_rows += _delta_rows(
+                    model, x, attr, delta, target, idx, name, config, data, files
+                )
+        scores = torch.rand(x.shape[0], *x.shape[2:], generator=gen).to(device)
+        d, i = deletion_insertion(
+            model,
+            x,
+            scores,
+            target,
+            steps=params.curve_steps,
+            blur_sigma=sigma,
+            batch_size=params.batch_size,
+        )
+        out.random_deletion.append(d)
+        out.random_insertion.append(i)
+        out.targets.append(target.cpu())
+        out.probs.append(probs.gather(1, target.view(-1, 1)).squeeze(1).cpu())
+        out.labels.append(y)
+        if kept < keep:
+            take = min(keep - kept, x.shape[0])
+            out.kept_x.append(x[:take])
+            out.kept_target.append(target[:take])
+            kept += take
+    return out
+
+
+@torch.no_grad()
+def _delta_rows(
+    model: Model,
+    x: Tensor,
+    attr: Tensor,
+    delta: Tensor,
+    target: Tensor,
+    idx: Tensor,
+    method: str,
+    config: AttributionConfig,
+    data: Dataset,
+    files: list[str] | None,
+) -> list[dict[str, Any]]:
+    """Per-image completeness: f(x) - f(baseline) computed here, on the target logit."""
+    t = target.view(-1, 1)
+    diff = (
+        (model.logits(x).gather(1, t) - model.logits(make_baseline(x, config)).gather(1, t))
+        .squeeze(1)
+        .double()
+        .cpu()
+    )
+    sums = attr.flatten(1).sum(dim=1).double().cpu()
+    labels = data.labels
+    rows = []
+    for k in range(x.shape[0]):
+        d = float(delta[k])
+        od = float(diff[k])
+        i = int(idx[k])
+        rows.append(
+            {
+                "method": method,
+                "index": i,
+                **({"file": files[i]} if files is not None else {}),
+                "label": data.class_names[int(labels[i])],
+                "target": int(target[k]),
+                "target_class": model.class_names[int(target[k])],
+                "attribution_sum": float(sums[k]),
+                "output_diff": od,
+                "delta": d,
+                "relative_delta": abs(d) / abs(od) if od != 0 else None,
+            }
+        )
+    return rows
+
+
+def _sanity(
+    model: Model,
+    methods: dict[str, Method],
+    config: AttributionConfig,
+    params: ExplainParams,
+    x: Tensor,
+    target: Tensor,
+    reference: dict[str, Tensor],
+) -> tuple[list[dict[str, Any]], dict[str, list[tuple[str, Tensor]]]]:
+    records: list[dict[str, Any]] = []
+    figure: dict[str, list[tuple[str, Tensor]]] = {
+        n: [("trained", reference[n][0])] for n in methods
+    }
+    # cascade() randomizes one copy in place: use each step before asking for the next
+    steps = cascade(model, checkpoints=params.sanity_layers, seed=params.seed)
+    for step in tqdm(steps, desc="sanity", leave=False, disable=not params.progress):
+        last = step.randomized == step.total
+        for name, method in methods.items():
+            maps = importance(method.attribute(step.model, x, target, config)).abs().cpu()
+            rho = spearman_rows(reference[name], maps)
+            mean = float(rho.double().mean())
+            records.append(
+                {
+                    "method": name,
+                    "layer": step.layer,
+                    "layers_randomized": step.randomized,
+                    "layers_total": step.total,
+                    "spearman": mean,
+                    "spearman_std": float(rho.double().std()) if rho.numel() > 1 else None,
+                    "n": int(rho.numel()),
+                    "all_randomized": last,
+                    "passed": mean < params.sanity_max_spearman,
+                }
+            )
+            figure[name].append((f"-> {step.layer}\n({step.randomized}/{step.total})", maps[0]))
+    return records, figure
+
+
+def run(
+    model: Model,
+    data: Dataset,
+    params: ExplainParams | None = None,
+    *,
+    out_dir: str | Path | None = None,
+) -> CheckResult:
+    """Explain ``model`` on ``data`` and test the explanations; see the module docstring.
+
+    With ``out_dir``, writes the PNG figures there and lists them in ``artifacts``;
+    ``result.json`` is the caller's to write (``result.write(out_dir)``).
+    """
+    params = params or ExplainParams()
+    start = time.perf_counter()
+    requested = {name: get_method(name) for name in params.methods}
+    config = params.attribution_config()
+    model.to(params.device)
+    data = prepare(model, data)
+    if len(data) == 0:
+        raise ConfigError(f"{data.spec} holds no samples to explain")
+    data = explained_samples(data, params)
+    n = len(data)
+    label_targets = (
+        _targets_from_labels(model, data, params.label_map) if params.target == "label" else None
+    )
+    if label_targets is not None and np.any(label_targets[np.unique(data.labels)] < 0):
+        raise ConfigError("--target label: some data labels match no model class; see --label-map")
+
+    status: list[dict[str, Any]] = []
+    methods: dict[str, Method] = {}
+    for name, method in requested.items():
+        reason = method.skip_reason(model, config)
+        if reason is None:
+            methods[name] = method
+        status.append(
+            {
+                "method": name,
+                "status": "skipped" if reason else "ran",
+                "note": reason or method.summary,
+                **({} if reason else {"settings": _settings(method, model, config)}),
+            }
+        )
+    if not methods:
+        notes = "; ".join(r["note"] for r in status)
+        raise ConfigError(f"none of the requested methods can run on this model: {notes}")
+
+    keep = min(n, max(params.grid_samples, params.sensitivity_samples, params.sanity_samples))
+    col = _attribution_pass(model, data, methods, config, params, label_targets, keep)
+    abs_maps = {name: torch.cat(v) for name, v in col.abs_maps.items()}
+    kept_x = torch.cat(col.kept_x)
+    kept_t = torch.cat(col.kept_target)
+    rand_del = torch.cat(col.random_deletion)
+    rand_ins = torch.cat(col.random_insertion)
+
+    # max-sensitivity reruns each method n_perturb times: on the first images only
+    k_sens = min(params.sensitivity_samples, n)
+    sensitivity: dict[str, float | None] = dict.fromkeys(methods)
+    if k_sens:
+        for name, method in tqdm(
+            methods.items(), desc="sensitivity", leave=False, disable=not params.progress
+        ):
+
+            def explain(inp: Tensor, tgt: Tensor, method: Method = method) -> Tensor:
+                return method.attribute(model, inp, tgt, config)
+
+            scores = sensitivity_scores(
+                explain,
+                kept_x[:k_sens],
+                kept_t[:k_sens],
+                radius=params.sensitivity_radius,
+                n_perturb=params.sensitivity_perturbations,
+                batch_size=params.batch_size,
+                seed=params.seed,
+            )
+            sensitivity[name] = float(scores.double().mean())
+
+    faithfulness: list[dict[str, Any]] = []
+    findings: list[Finding] = []
+    rd, ri = float(rand_del.double().mean()), float(rand_ins.double().mean())
+    for name in methods:
+        d, i = torch.cat(col.deletion[name]), torch.cat(col.insertion[name])
+        p_del = _wilcoxon_less(d.numpy(), rand_del.numpy())
+        p_ins = _wilcoxon_less(rand_ins.numpy(), i.numpy())
+        rec = {
+            "method": name,
+            "n": n,
+            "deletion_auc": float(d.double().mean()),
+            "insertion_auc": float(i.double().mean()),
+            "random_deletion_auc": rd,
+            "random_insertion_auc": ri,
+            "deletion_wilcoxon_p": p_del,
+            "insertion_wilcoxon_p": p_ins,
+            "infidelity": _mean(col.infidelity[name]),
+            "sensitivity_max": sensitivity[name],
+            "sensitivity_n": k_sens,
+        }
+        faithfulness.append(rec)
+        findings.append(_faithfulness_finding(rec, params.alpha))
+
+    k_sanity = min(params.sanity_samples, n)
+    sanity, sanity_maps = _sanity(
+        model,
+        methods,
+        config,
+        params,
+        kept_x[:k_sanity],
+        kept_t[:k_sanity],
+        {name: m[:k_sanity] for name, m in abs_maps.items()},
+    )
+    for name in methods:
+        final = [r for r in sanity if r["method"] == name and r["all_randomized"]]
+        if final:
+            findings.append(_sanity_finding(final[-1], params.sanity_max_spearman))
+
+    if col.delta_rows:
+        findings.append(_delta_finding(col.delta_rows, params))
+
+    agreement = [
+        {
+            "method_a": a,
+            "method_b": b,
+            "spearman": float(spearman_rows(abs_maps[a], abs_maps[b]).double().mean()),
+            "n": n,
+        }
+        for a, b in itertools.combinations(methods, 2)
+    ]
+
+    attrs = data.attributes
+    group_cols = _group_columns(attrs)
+    group_records: list[dict[str, Any]] = []
+    group_means: dict[str, dict[tuple[str, str], Tensor]] = {}
+    for name in methods:
+        records, means = group_mean_maps(abs_maps[name], attrs, group_cols)
+        group_records += [{"method": name, **r} for r in records]
+        group_means[name] = means
+
+    artifacts: list[str] = []
+    if out_dir is not None:
+        artifacts = _write_figures(
+            Path(out_dir),
+            model=model,
+            data=data,
+            kept_x=kept_x,
+            kept_t=kept_t,
+            probs=torch.cat(col.probs),
+            abs_maps=abs_maps,
+            sanity_maps=sanity_maps,
+            group_records=group_records,
+            group_means=group_means,
+            group_cols=group_cols,
+            params=params,
+        )
+
+    relative = [r["relative_delta"] for r in col.delta_rows if r["relative_delta"] is not None]
+    return CheckResult(
+        check=NAME,
+        artifacts=artifacts,
+        params={
+            **params.model_dump(exclude={"progress"}),
+            "n": n,
+            "blur_sigma_px": params.blur_sigma
+            if params.blur_sigma is not None
+            else max(model.input_shape[1:]) / 16.0,
+            "infidelity_square_px": params.infidelity_square
+            or max(1, round(min(model.input_shape[1:]) / 4)),
+            "methods_settings": {r["method"]: r.get("settings", {}) for r in status},
+            "definitions": DEFINITIONS,
+        },
+        metrics={
+            "n": n,
+            "methods": [{k: v for k, v in r.items() if k != "settings"} for r in status],
+            "faithfulness": faithfulness,
+            "sanity": sanity,
+            "ig_delta": col.delta_rows,
+            "ig_max_relative_delta": max(relative) if relative else None,
+            "agreement": agreement,
+            "group_maps": group_records,
+        },
+        findings=findings,
+        seed=params.seed,
+        environment=collect_environment(params.device),
+        model=ModelRef(
+            spec=model.spec,
+            digest=model.digest,
+            class_names=list(model.class_names),
+            input_shape=list(model.input_shape),
+        ),
+        data=DataRef(
+            spec=data.spec,
+            manifest_digest=data.manifest.digest,
+            synthetic=data.synthetic,
+            n=n,
+            task=data.task,
+        ),
+        timing_s=round(time.perf_counter() - start, 3),
+    )
+
+
+def _settings(method: Method, model: Model, config: AttributionConfig) -> dict[str, Any]:
+    return method.details(model, config)
+
+
+_VERDICTS = {
+    (True, True): "the map ranks pixels better than a random order on both curves",
+    (False, True): "the map beats a random order on insertion only; deleting its top pixels "
+    "to black hurts the prediction less than deleting random pixels (see the docs' caveats)",
+    (True, False): "the map beats a random order on deletion only, not on insertion",
+    (False, False): "the map does not rank pixels measurably better than a random order",
+}
+
+
+def _faithfulness_finding(rec: dict[str, Any], alpha: float) -> Finding:
+    name = rec["method"]
+    p_del, p_ins = rec["deletion_wilcoxon_p"], rec["insertion_wilcoxon_p"]
+    deletion_ok = (
+        rec["deletion_auc"] < rec["random_deletion_auc"] and p_del is not None and p_del < alpha
+    )
+    insertion_ok = (
+        rec["insertion_auc"] > rec["random_insertion_auc"] and p_ins is not None and p_ins < alpha
+    )
+
+    def p(v: float | None) -> str:
+        return "undefined" if v is None else f"{v:.2g}"
+
+    return Finding(
+        id=f"explanations.faithfulness.{name}",
+        severity="pass" if deletion_ok and insertion_ok else "warn",
+        metric="deletion_auc",
+        value=rec["deletion_auc"],
+        threshold=rec["random_deletion_auc"],
+        message=(
+            f"{name}: deletion AUC {rec['deletion_auc']:.3f} vs {rec['random_deletion_auc']:.3f} "
+            f"for a random pixel order (lower is better, Wilcoxon p={p(p_del)}), insertion AUC "
+            f"{rec['insertion_auc']:.3f} vs {rec['random_insertion_auc']:.3f} (higher is "
+            f"better, p={p(p_ins)}), n={rec['n']} images, alpha={alpha}: "
+            + _VERDICTS[(deletion_ok, insertion_ok)]
+        ),
+    )
+
+
+def _sanity_finding(rec: dict[str, Any], threshold: float) -> Finding:
+    name = rec["method"]
+    ok = bool(rec["passed"])
+    return Finding(
+        id=f"explanations.sanity.{name}",
+        severity="pass" if ok else "fail",
+        metric="spearman",
+        value=rec["spearman"],
+        threshold=threshold,
+        message=(
+            f"{name}: after re-initializing all {rec['layers_total']} parameter layers "
+            f"(cascading randomization, Adebayo et al. 2018) the maps correlate with the "
+            f"trained model's at mean Spearman {rec['spearman']:.3f} over {rec['n']} images "
+            + (
+                f"(below {threshold}): the maps depend on the learned weights"
+                if ok
+                else f"(not below {threshold}): the maps barely depend on the learned weights, "
+                "so they do not explain this model"
+            )
+        ),
+    )
+
+
+def _delta_finding(rows: list[dict[str, Any]], params: ExplainParams) -> Finding:
+    tol = params.ig_delta_tolerance
+    over = [r for r in rows if r["relative_delta"] is None or r["relative_delta"] > tol]
+    worst = max((r["relative_delta"] or 0.0 for r in rows), default=0.0)
+    ok = not over
+    return Finding(
+        id="explanations.ig_delta",
+        severity="pass" if ok else "warn",
+        metric="ig_max_relative_delta",
+        value=worst,
+        threshold=tol,
+        message=(
+            f"Integrated Gradients completeness: {len(over)} of {len(rows)} images have "
+            f"|sum of attributions - (f(x) - f(baseline))| above {tol:g} x |f(x) - f(baseline)| "
+            f"(worst {worst:.3g}; n_steps={params.n_steps}, baseline={params.baseline})"
+            + ("" if ok else "; increase --n-steps for a converged integral")
+        ),
+    )
+
+
+def _write_figures(
+    out: Path,
+    *,
+    model: Model,
+    data: Dataset,
+    kept_x: Tensor,
+    kept_t: Tensor,
+    probs: Tensor,
+    abs_maps: dict[str, Tensor],
+    sanity_maps: dict[str, list[tuple[str, Tensor]]],
+    group_records: list[dict[str, Any]],
+    group_means: dict[str, dict[tuple[str, str], Tensor]],
+    group_cols: list[str],
+    params: ExplainParams,
+) -> list[str]:
+    from raigate.explain import plots
+
+    artifacts: list[str] = []
+    k = min(params.grid_samples, kept_x.shape[0])
+    if k:
+        names = np.asarray(data.class_names, dtype=object)
+        labels = data.labels
+        titles = [
+            f"label {names[labels[i]]}\n{model.class_names[int(kept_t[i])]} p={float(probs[i]):.2f}"
+            for i in range(k)
+        ]
+        grid = plots.explanation_grid(
+            kept_x[:k].cpu(), {m: v[:k] for m, v in abs_maps.items()}, titles
+        )
+        write_atomic(out / "explanations_grid.png", grid)
+        artifacts.append("explanations_grid.png")
+    png = plots.sanity_figure(
+        kept_x[0].cpu(),
+        sanity_maps,
+        "cascading randomization (Adebayo et al. 2018): maps as layers are re-initialized "
+        "from the top down",
+    )
+    write_atomic(out / "sanity_cascade.png", png)
+    artifacts.append("sanity_cascade.png")
+    for column in group_cols:
+        rows = [r for r in group_records if r["attribute"] == column and r["n"]]
+        values: list[tuple[str, int]] = [("all", len(data))]
+        seen: set[str] = set()
+        for r in rows:
+            if r["value"] not in seen:
+                seen.add(r["value"])
+                values.append((r["value"], r["n"]))
+        maps = {
+            method: {v: means[("all", "all") if v == "all" else (column, v)] for v, _ in values}
+            for method, means in group_means.items()
+        }
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in column)
+        write_atomic(out / f"group_maps_{safe}.png", plots.group_maps_figure(column, values, maps))
+        artifacts.append(f"group_maps_{safe}.png")
+    return artifacts

@@ -1,0 +1,199 @@
+"""``raigate explain``: parse, call :func:`raigate.audit.explanations.run`, print, exit.
+
+Heavy imports (the check, Captum, matplotlib) happen inside the command function so
+``raigate --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from raigate.cli_common import (
+    ClassNamesOpt,
+    DeviceOpt,
+    InputSizeOpt,
+    LimitOpt,
+    MeanOpt,
+    SampleOpt,
+    SeedOpt,
+    StdOpt,
+    TaskOpt,
+    WeightsOpt,
+    format_table,
+    handle_errors,
+    load_model_from_options,
+    parse_names,
+    read_label_map,
+    resolve_device,
+)
+from raigate.errors import ConfigError, GateFailed
+
+__all__ = ["explain_cmd", "register"]
+
+
+def explain_params(**values: Any) -> Any:
+    """``ExplainParams`` from command-line values; a validation error becomes a one-line
+    ConfigError naming the flag (``n_samples`` -> ``--n-samples``)."""
+    from pydantic import ValidationError
+
+    from raigate.audit.explanations import ExplainParams
+
+    try:
+        return ExplainParams(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(x) for x in err["loc"]]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        flag = "--" + loc[0].replace("_", "-") if loc else "explain"
+        got = f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) else ""
+        raise ConfigError(f"{flag}: {msg}{got}") from None
+
+
+def explain_cmd(
+    model_spec: Annotated[
+        str, typer.Option("--model", help="model spec (see `raigate models inspect --help`)")
+    ],
+    data_spec: Annotated[
+        str, typer.Option("--data", help="data spec (see `raigate data inspect --help`)")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="folder for result.json and the PNG figures")],
+    methods: Annotated[
+        str,
+        typer.Option(
+            "--methods",
+            help="comma-separated: integrated-gradients, saliency, gradcam, smoothgrad, occlusion",
+        ),
+    ] = "integrated-gradients,saliency,gradcam,smoothgrad,occlusion",
+    n_samples: Annotated[
+        int, typer.Option("--n-samples", help="images to explain (seeded, stratified by label)")
+    ] = 16,
+    layer: Annotated[
+        str | None,
+        typer.Option(
+            "--layer", help="Grad-CAM layer, a module name in the network (default: last conv)"
+        ),
+    ] = None,
+    baseline: Annotated[
+        str, typer.Option("--baseline", help="IG/occlusion reference image: black, blur or uniform")
+    ] = "black",
+    n_steps: Annotated[
+        int, typer.Option("--n-steps", help="Integrated Gradients quadrature points")
+    ] = 50,
+    target: Annotated[
+        str, typer.Option("--target", help="class to explain: predicted or label")
+    ] = "predicted",
+    sanity_samples: Annotated[
+        int, typer.Option("--sanity-samples", help="images for the randomization test")
+    ] = 16,
+    sanity_layers: Annotated[
+        int, typer.Option("--sanity-layers", help="randomization depths to test (top to all)")
+    ] = 5,
+    max_sanity_spearman: Annotated[
+        float,
+        typer.Option(
+            "--max-sanity-spearman",
+            help="gate: fail a method whose fully randomized maps correlate above this",
+        ),
+    ] = 0.7,
+    sensitivity_samples: Annotated[
+        int, typer.Option("--sensitivity-samples", help="images for sensitivity_max (0: skip)")
+    ] = 8,
+    weights: WeightsOpt = None,
+    class_names: ClassNamesOpt = None,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = None,
+    sample: SampleOpt = None,
+    seed: SeedOpt = 0,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="images per forward/backward pass")
+    ] = 128,
+    label_map: Annotated[
+        Path | None,
+        typer.Option("--label-map", help="JSON file mapping model class names to data label names"),
+    ] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Attribution maps (Captum) checked for faithfulness (deletion/insertion vs random,
+    infidelity, sensitivity) and sanity (cascading weight randomization); exit 1 when a
+    method's maps do not depend on the model's weights."""
+    from raigate.audit import explanations
+    from raigate.data import load_data
+
+    params = explain_params(
+        methods=list(parse_names(methods) or []),
+        n_samples=n_samples,
+        layer=layer,
+        baseline=baseline,
+        n_steps=n_steps,
+        target=target,
+        sanity_samples=sanity_samples,
+        sanity_layers=sanity_layers,
+        sanity_max_spearman=max_sanity_spearman,
+        sensitivity_samples=sensitivity_samples,
+        batch_size=batch_size,
+        label_map=read_label_map(label_map),
+        device=resolve_device(device),
+        seed=seed,
+        progress=sys.stderr.isatty(),
+    )
+    data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
+    model = load_model_from_options(
+        model_spec, weights, class_names, input_size, mean, std, data=data
+    )
+    result = explanations.run(model, data, params, out_dir=out)
+    path = result.write(out)
+    print_explanations(result)
+    typer.echo(f"\nwrote {path}" + "".join(f", {out / a}" for a in result.artifacts))
+    if result.verdict == "fail":
+        raise GateFailed("; ".join(f.message for f in result.findings if f.severity == "fail"))
+
+
+def print_explanations(result: Any) -> None:
+    """The tables a reviewer reads first, as plain text."""
+    m = result.metrics
+    synthetic = " (SYNTHETIC data)" if result.data.synthetic else ""
+    p = result.params
+    typer.echo(
+        f"explained {m['n']} images{synthetic}; target = {p['target']} class; "
+        f"IG n_steps={p['n_steps']}, baseline={p['baseline']}"
+    )
+    for rec in m["methods"]:
+        if rec["status"] == "skipped":
+            typer.echo(f"note: {rec['note']}")
+    typer.echo("\nfaithfulness (AUC of the target-class probability; random = random pixel order):")
+    typer.echo(
+        format_table(
+            m["faithfulness"],
+            [
+                "method",
+                "deletion_auc",
+                "random_deletion_auc",
+                "insertion_auc",
+                "random_insertion_auc",
+                "infidelity",
+                "sensitivity_max",
+            ],
+        )
+    )
+    typer.echo("\nsanity (Spearman vs the trained model's maps, layers re-initialized top down):")
+    typer.echo(
+        format_table(m["sanity"], ["method", "layer", "layers_randomized", "spearman", "passed"])
+    )
+    if m["agreement"]:
+        typer.echo("\nagreement between methods (mean Spearman of |maps|):")
+        typer.echo(format_table(m["agreement"], ["method_a", "method_b", "spearman"]))
+    for f in result.findings:
+        if f.severity != "pass" or f.id.startswith("explanations.ig_delta"):
+            typer.echo(f"\n[{f.severity.upper()}] {f.message}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``raigate explain`` to ``app``."""
+    app.command("explain")(handle_errors(explain_cmd))

@@ -1,0 +1,85 @@
+"""``raigate explain`` through typer's CliRunner: output, files, exit codes 0/1/2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from raigate.cli import app
+
+runner = CliRunner()
+CHEAP = [
+    "--n-samples", "4", "--sanity-samples", "2", "--sanity-layers", "2",
+    "--sensitivity-samples", "2", "--n-steps", "8",
+]  # fmt: skip
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    res = runner.invoke(app, list(args), catch_exceptions=False)
+    return res.exit_code, res.output
+
+
+def assert_user_error(code: int, out: str, *needles: str) -> None:
+    assert code == 2, out
+    assert "Traceback" not in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("raigate: error:")]
+    assert len(lines) == 1, out
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_explain_writes_result_and_figures(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, text = invoke(
+        "explain", "--model", "raigate.zoo:small_cnn", "--data", "demo:test", "--limit", "40",
+        "--methods", "saliency,gradcam,integrated-gradients", "--out", str(out), *CHEAP,
+    )  # fmt: skip
+    assert code == 0, text
+    assert "explained 4 images (SYNTHETIC data)" in text
+    assert "faithfulness" in text and "sanity" in text and "agreement" in text
+    assert "Integrated Gradients completeness" in text
+    result = json.loads((out / "result.json").read_text())
+    assert result["check"] == "explanations"
+    assert [r["method"] for r in result["metrics"]["faithfulness"]] == [
+        "saliency",
+        "gradcam",
+        "integrated-gradients",
+    ]
+    assert result["params"]["n_steps"] == 8
+    for name in result["artifacts"]:
+        assert (out / name).is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--methods", "saliency,lime"], ["--methods", "unknown method 'lime'", "saliency"]),
+        (["--layer", "features.99"], ["--layer 'features.99' is not a module", "features.8"]),
+        (["--n-samples", "0"], ["--n-samples", "greater than 0"]),
+        (["--baseline", "gray"], ["--baseline", "'black', 'blur' or 'uniform'"]),
+        (["--target", "truth"], ["--target", "'predicted' or 'label'"]),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    tmp_path: Path, args: list[str], needles: list[str]
+) -> None:
+    code, text = invoke(
+        "explain", "--model", "raigate.zoo:small_cnn", "--data", "demo:test", "--limit", "8",
+        "--out", str(tmp_path / "o"), *args,
+    )  # fmt: skip
+    assert_user_error(code, text, *needles)
+
+
+def test_a_failed_sanity_gate_exits_1(tmp_path: Path) -> None:
+    # a threshold no correlation can get below: every method "fails" the randomization test
+    code, text = invoke(
+        "explain", "--model", "raigate.zoo:small_cnn", "--data", "demo:test", "--limit", "8",
+        "--methods", "saliency", "--max-sanity-spearman", "-1", "--out", str(tmp_path / "o"),
+        *CHEAP,
+    )  # fmt: skip
+    assert code == 1, text
+    assert "[FAIL] saliency: after re-initializing all 4 parameter layers" in text
+    assert (tmp_path / "o" / "result.json").is_file()
