@@ -41,6 +41,7 @@ app = typer.Typer(
     help="Audit an image model for bias, robustness, privacy and explanation quality.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     add_completion=False,
 )
 models_app = typer.Typer(help="Inspect model specs.", no_args_is_help=True)
