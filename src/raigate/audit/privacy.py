@@ -1,0 +1,243 @@
+"""Measured privacy leakage: membership inference against the model, and the epsilon it proves.
+
+The audited data are the non-members (examples the model never trained on, e.g. the test
+split); ``members`` names the training data. Each attack scores every example, and the
+result reports, per attack, the AUC (probability that a random member outscores a random
+non-member), TPR at FPR 0.1% and 1%, and an empirical epsilon lower bound at confidence
+``1 - alpha`` from Clopper-Pearson bounds on TPR and FPR (definitions in
+:mod:`raigate.privacy.mia`). With a claimed epsilon (a DP-SGD ``ledger.json`` or
+``epsilon``), a lower bound above it is a ``fail``: the guarantee does not hold.
+
+>>> import raigate
+>>> from raigate.audit import privacy
+>>> data = raigate.load_data("demo:test", limit=40)
+>>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+>>> params = privacy.PrivacyParams(members="demo:train", members_limit=40,
+...     attacks=["loss"], progress=False)
+>>> result = privacy.run(model, data, params)
+>>> bool(0.0 <= result.metrics["auc"] <= 1.0)
+True
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from raigate.data.base import Dataset
+from raigate.environment import collect_environment
+from raigate.errors import ConfigError
+from raigate.models.base import Model
+from raigate.results import CheckResult, DataRef, Finding, ModelRef
+
+NAME = "privacy"
+
+__all__ = ["NAME", "PrivacyParams", "run"]
+
+
+class PrivacyParams(BaseModel):
+    """Parameters of the privacy (membership inference) check."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    members: str = Field(description="data spec of the training members, e.g. cifar100:ROOT:train")
+    members_limit: int | None = Field(None, gt=0, description="first N members only")
+    members_sample: int | None = Field(None, gt=0, description="seeded, stratified N members")
+    non_members: str | None = Field(
+        None, description="data spec of non-members (default: the audited data)"
+    )
+    ledger: str | None = Field(None, description="ledger.json of a DP run: the claimed epsilon")
+    epsilon: float | None = Field(None, gt=0, description="claimed epsilon (without a ledger)")
+    delta: float | None = Field(None, gt=0, lt=1, description="delta (default: ledger's or 1e-5)")
+    attacks: list[Literal["loss", "art_blackbox"]] = Field(
+        default_factory=lambda: ["loss", "art_blackbox"]
+    )
+    art_attack_model: Literal["rf", "gb", "lr", "nn"] = "rf"
+    alpha: float = Field(0.05, gt=0, lt=1, description="1 - confidence of the epsilon bound")
+    max_auc: float | None = Field(None, ge=0.5, le=1, description="gate: fail above this AUC")
+    task: str | None = None
+    label_map: dict[str, str] | None = None
+    batch_size: int = Field(256, gt=0)
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+
+
+def _claim(params: PrivacyParams) -> tuple[float | None, float, str]:
+    """(claimed epsilon, delta, where they came from)."""
+    if params.ledger is not None:
+        from raigate.privacy.ledger import Ledger
+
+        ledger = Ledger.load(params.ledger)
+        if params.epsilon is not None and abs(params.epsilon - ledger.epsilon) > 1e-9:
+            raise ConfigError(
+                f"--epsilon {params.epsilon} contradicts the ledger's {ledger.epsilon:.4f}; "
+                "give one of them"
+            )
+        delta = params.delta if params.delta is not None else ledger.delta
+        return ledger.epsilon, delta, f"ledger {params.ledger}"
+    delta = params.delta if params.delta is not None else 1e-5
+    return params.epsilon, delta, "--epsilon" if params.epsilon is not None else "none"
+
+
+def run(
+    model: Model,
+    data: Dataset,
+    params: PrivacyParams | None = None,
+    *,
+    out_dir: str | Path | None = None,
+) -> CheckResult:
+    """Attack ``model`` with members (``params.members``) against non-members (``data``, or
+    ``params.non_members``); see the module docstring for every number reported."""
+    if params is None:
+        raise ConfigError("the privacy check needs members: PrivacyParams(members=DATA_SPEC)")
+    from raigate.data import load_data
+    from raigate.privacy.mia import art_blackbox_scores, model_outputs, score_attack
+    from raigate.privacy.preflight import check_unwrapped
+
+    start = time.perf_counter()
+    problems = check_unwrapped(model.net)
+    if problems:
+        raise ConfigError(
+            f"the model still carries per-sample-gradient machinery ({problems[0].message}); "
+            "audit the saved model spec instead"
+        )
+    claimed, delta, source = _claim(params)
+    task = params.task or data.task
+    members = load_data(
+        params.members,
+        task=task,
+        limit=params.members_limit,
+        sample=params.members_sample,
+        seed=params.seed,
+    )
+    non_members = load_data(params.non_members, task=task) if params.non_members else data
+    if members.manifest.digest == non_members.manifest.digest:
+        raise ConfigError(
+            f"members {members.spec} and non-members {non_members.spec} are the same data; "
+            "non-members must be examples the model never trained on (e.g. the test split)"
+        )
+    out_kw = {
+        "batch_size": params.batch_size,
+        "device": params.device,
+        "progress": params.progress,
+        "label_map": params.label_map,
+    }
+    mo = model_outputs(model, members, **out_kw)  # type: ignore[arg-type]
+    no = model_outputs(model, non_members, **out_kw)  # type: ignore[arg-type]
+
+    results = []
+    for name in dict.fromkeys(params.attacks):
+        if name == "loss":
+            sm, sn = -mo.loss, -no.loss
+        else:
+            sm, sn = art_blackbox_scores(
+                model, mo, no, attack_model=params.art_attack_model, seed=params.seed
+            )
+        results.append(
+            score_attack(name, sm, sn, delta=delta, alpha=params.alpha, seed=params.seed)
+        )
+    table = [r.record() for r in results]
+    best = max(results, key=lambda r: r.epsilon["eps_lower"])
+    best_auc = max(results, key=lambda r: r.auc)
+    conf = f"{1 - params.alpha:.0%}"
+    eps_text = (
+        f"empirical epsilon lower bound {best.epsilon['eps_lower']:.3f} ({conf} confidence, "
+        f"attack {best.attack}, threshold chosen on half the scores, Clopper-Pearson on the "
+        f"other half: {best.epsilon.get('tp')}/{best.epsilon.get('n_members_test')} members and "
+        f"{best.epsilon.get('fp')}/{best.epsilon.get('n_non_members_test')} non-members flagged, "
+        f"delta={delta:g})"
+    )
+    findings: list[Finding] = []
+    if claimed is not None:
+        broken = best.epsilon["eps_lower"] > claimed
+        findings.append(
+            Finding(
+                id="privacy.empirical_epsilon",
+                severity="fail" if broken else "pass",
+                metric="eps_lower",
+                value=best.epsilon["eps_lower"],
+                threshold=claimed,
+                message=(
+                    f"{eps_text} is {'ABOVE' if broken else 'below'} the claimed epsilon "
+                    f"{claimed:.3f} ({source})"
+                    + (": the DP guarantee does not hold" if broken else "")
+                ),
+            )
+        )
+    else:
+        leaks = best.epsilon["eps_lower"] > 0
+        findings.append(
+            Finding(
+                id="privacy.empirical_epsilon",
+                severity="warn" if leaks else "pass",
+                metric="eps_lower",
+                value=best.epsilon["eps_lower"],
+                threshold=None,
+                message=(
+                    f"{eps_text}; no DP claim to compare with"
+                    + (": membership is measurably inferable" if leaks else "")
+                ),
+            )
+        )
+    if params.max_auc is not None:
+        over = best_auc.auc > params.max_auc
+        findings.append(
+            Finding(
+                id="privacy.membership_auc",
+                severity="fail" if over else "pass",
+                metric="auc",
+                value=best_auc.auc,
+                threshold=params.max_auc,
+                message=(
+                    f"membership inference AUC {best_auc.auc:.4f} (attack {best_auc.attack}, "
+                    f"{best_auc.n_members} members vs {best_auc.n_non_members} non-members; 0.5 "
+                    f"is chance) is {'above' if over else 'at or below'} {params.max_auc:.4f}"
+                ),
+            )
+        )
+    metrics: dict[str, Any] = {
+        "attacks": table,
+        "eps_lower": best.epsilon["eps_lower"],
+        "auc": best_auc.auc,
+        "claimed_epsilon": claimed,
+        "delta": delta,
+        "n_members": len(mo.labels),
+        "n_non_members": len(no.labels),
+        "member_accuracy": float((mo.probs.argmax(1) == mo.labels).mean()),
+        "non_member_accuracy": float((no.probs.argmax(1) == no.labels).mean()),
+    }
+    return CheckResult(
+        check=NAME,
+        params={
+            **params.model_dump(exclude={"progress"}),
+            "claim_source": source,
+            "definitions": {
+                "auc": "P(score of a random member > score of a random non-member), ties 1/2",
+                "tpr_at_fpr": "TPR at the largest ROC point with FPR <= the target",
+                "eps_lower": "largest epsilon with TPR_lo > e^eps FPR_hi + delta or "
+                "1 - FPR_hi > e^eps (1 - TPR_lo) + delta, one-sided Clopper-Pearson at alpha/2 "
+                "each on a held-out half",
+                "loss": "score = -cross-entropy of the true label (Yeom et al. 2018)",
+                "art_blackbox": f"ART MembershipInferenceBlackBox ({params.art_attack_model}) "
+                "on probabilities + label, fit on half, scored on the other half",
+            },
+        },
+        metrics=metrics,
+        findings=findings,
+        seed=params.seed,
+        environment=collect_environment(params.device),
+        model=ModelRef(spec=model.spec, digest=model.digest),
+        data=DataRef(
+            spec=non_members.spec,
+            manifest_digest=non_members.manifest.digest,
+            synthetic=non_members.synthetic,
+            n=len(non_members),
+            members_spec=members.spec,
+            members_manifest_digest=members.manifest.digest,
+        ),
+        timing_s=round(time.perf_counter() - start, 3),
+    )

@@ -1,0 +1,350 @@
+"""``raigate privacy train`` (DP-SGD to a target epsilon) and ``raigate privacy audit``
+(membership inference and the epsilon it proves): parse, call the library, print.
+
+``torchrun --nproc-per-node N -m raigate privacy train ...`` runs the same command in N
+processes (Opacus' DPDDP, gloo on CPU); only rank 0 prints and writes files.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from raigate.cli_common import (
+    ClassNamesOpt,
+    DeviceOpt,
+    LimitOpt,
+    MeanOpt,
+    SampleOpt,
+    SeedOpt,
+    StdOpt,
+    TaskOpt,
+    WeightsOpt,
+    format_table,
+    handle_errors,
+    load_model_from_options,
+    parse_floats,
+    parse_names,
+    read_label_map,
+    resolve_device,
+)
+from raigate.errors import ConfigError, GateFailed
+
+__all__ = ["audit_cmd", "register", "train_cmd"]
+
+privacy_app = typer.Typer(
+    help="DP-SGD retraining to a target epsilon, and measured membership leakage.",
+    no_args_is_help=True,
+)
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", help="pkg.module:factory [--weights FILE] or a model spec .json to retrain"
+    ),
+]
+
+
+@privacy_app.command("train")
+@handle_errors
+def train_cmd(
+    model_spec: ModelOpt,
+    data_spec: Annotated[str, typer.Option("--data", help="training data spec")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="folder for weights, spec, ledger, result (or --resume DIR)"),
+    ] = None,
+    eval_data: Annotated[
+        str | None, typer.Option("--eval-data", help="held-out data for accuracy per class/group")
+    ] = None,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="target epsilon")] = 2.0,
+    delta: Annotated[float, typer.Option("--delta", help="target delta (< 1/N)")] = 1e-5,
+    epochs: Annotated[float, typer.Option("--epochs", help="expected passes over the data")] = 10,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="expected logical batch (q = batch/N)")
+    ] = 256,
+    physical_batch_size: Annotated[
+        int | None, typer.Option("--physical-batch-size", help="most examples per pass")
+    ] = None,
+    max_grad_norm: Annotated[
+        float, typer.Option("--max-grad-norm", help="per-example clipping norm")
+    ] = 1.0,
+    lr: Annotated[float, typer.Option("--lr", help="learning rate")] = 0.5,
+    optimizer: Annotated[
+        Literal["sgd", "adam"], typer.Option("--optimizer", help="sgd (with momentum) or adam")
+    ] = "sgd",
+    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum")] = 0.9,
+    accountant: Annotated[
+        Literal["prv", "rdp"], typer.Option("--accountant", help="accountant to calibrate with")
+    ] = "prv",
+    augmult: Annotated[
+        int, typer.Option("--augmult", help="augmented copies per example (De et al. 2022)")
+    ] = 0,
+    canaries: Annotated[
+        int, typer.Option("--canaries", help="mislabelled canaries for the one-run audit")
+    ] = 0,
+    batchnorm: Annotated[
+        Literal["auto", "fold", "groupnorm"],
+        typer.Option("--batchnorm", help="fold (pretrained) or groupnorm (scratch); auto picks"),
+    ] = "auto",
+    grad_sample_mode: Annotated[
+        Literal["auto", "fast", "hooks", "ew", "functorch"],
+        typer.Option("--grad-sample-mode", help="per-sample gradient path"),
+    ] = "auto",
+    baseline: Annotated[
+        bool, typer.Option("--baseline", help="also train without DP on the same steps")
+    ] = False,
+    baseline_lr: Annotated[
+        float | None, typer.Option("--baseline-lr", help="baseline learning rate (default --lr)")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="continue the unfinished run saved in DIR")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", help="steps between checkpoints")
+    ] = None,
+    stop_after_steps: Annotated[
+        int | None,
+        typer.Option("--stop-after-steps", hidden=True, help="stop as if killed (testing)"),
+    ] = None,
+    secure_mode: Annotated[
+        bool, typer.Option("--secure-mode", help="cryptographic RNG (needs torchcsprng)")
+    ] = False,
+    weights: WeightsOpt = None,
+    class_names: ClassNamesOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = None,
+    sample: SampleOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Retrain a model with DP-SGD (Opacus, Poisson sampling) to a target epsilon; write
+    model.safetensors, model.json, ledger.json, checkpoint.pt and result.json to --out."""
+    from raigate.data import load_data
+    from raigate.privacy.train import DPParams, run_private_training
+    from raigate.privacy.utility import utility_result
+
+    if class_names is not None:
+        raise ConfigError("--class-names: DP training takes class names from --data")
+    out = out or resume
+    if out is None:
+        raise ConfigError("--out DIR is required (or --resume DIR to continue a run there)")
+    dev = resolve_device(device)
+    params = DPParams.build(
+        epsilon=epsilon,
+        delta=delta,
+        epochs=epochs,
+        batch_size=batch_size,
+        physical_batch_size=physical_batch_size,
+        max_grad_norm=max_grad_norm,
+        lr=lr,
+        optimizer=optimizer,
+        momentum=momentum,
+        accountant=accountant,
+        augmult=augmult,
+        canaries=canaries,
+        batchnorm=batchnorm,
+        grad_sample_mode=grad_sample_mode,
+        baseline=baseline,
+        baseline_lr=baseline_lr,
+        checkpoint_every=checkpoint_every,
+        stop_after_steps=stop_after_steps,
+        secure_mode=secure_mode,
+        seed=seed,
+        device=dev,
+        progress=sys.stderr.isatty(),
+    )
+    train = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
+    evaluation = load_data(eval_data, task=task or train.task) if eval_data else None
+    run = run_private_training(
+        model_spec.strip(),
+        train,
+        params,
+        weights=weights,
+        mean=list(parse_floats(mean, "mean") or []) or None,
+        std=list(parse_floats(std, "std") or []) or None,
+        out_dir=out,
+        resume=resume,
+    )
+    if run.rank != 0:
+        return
+    _print_training(run)
+    if run.stopped_early:
+        typer.echo(
+            f"\nstopped after {run.ledger.steps} of {run.ledger.planned_steps} steps "
+            f"(--stop-after-steps); continue with --resume {run.out_dir}"
+        )
+        return
+    result = utility_result(
+        run,
+        evaluation,
+        params=params.model_dump(exclude={"progress"}),
+        device=dev,
+        progress=params.progress,
+    )
+    path = result.write(out)
+    _print_utility(result.metrics)
+    for f in result.findings:
+        typer.echo(f"\n[{f.severity.upper()}] {f.message}")
+    typer.echo(f"\nwrote {run.spec_path}, {out / 'ledger.json'}, {path}")
+    if result.verdict == "fail":
+        raise GateFailed("; ".join(f.message for f in result.findings if f.severity == "fail"))
+
+
+def _print_training(run: Any) -> None:
+    led = run.ledger
+    for change in run.changes:
+        typer.echo(f"batchnorm: {change}")
+    if run.fold_max_abs_diff is not None:
+        typer.echo(
+            f"batchnorm: folded network reproduces the original logits (max |diff| "
+            f"{run.fold_max_abs_diff:.2e})"
+        )
+    for p in run.warnings:
+        typer.echo(f"preflight warning: {p.message}")
+    typer.echo(
+        f"DP-SGD: N={led.dataset_size}, q={led.sample_rate:.5g} (Poisson, batch "
+        f"{led.batch_size}, physical {led.physical_batch_size}), steps {led.steps}/"
+        f"{led.planned_steps}, sigma={led.noise_multiplier:.4f}, C={led.max_grad_norm:g}, "
+        f"per-sample gradients: {led.grad_sample_mode}"
+        + (f", {run.world_size} processes" if run.world_size > 1 else "")
+    )
+    typer.echo(
+        f"spent epsilon {led.epsilon:.4f} at delta {led.delta:g} ({led.accountant}); "
+        f"prv {led.epsilons['prv']:.4f}, rdp {led.epsilons['rdp']:.4f}; target "
+        f"{led.target_epsilon:g}"
+    )
+    if run.weights_in_sync is not None:
+        typer.echo(f"weights in sync across processes: {'yes' if run.weights_in_sync else 'NO'}")
+    if run.canaries is not None:
+        typer.echo(
+            f"canary audit: epsilon >= {run.canaries.eps_lower:.3f} ({run.canaries.m} canaries, "
+            f"{1 - run.canaries.alpha:.0%} confidence) vs claimed {led.epsilon:.3f}"
+        )
+
+
+def _print_utility(m: dict[str, Any]) -> None:
+    if "accuracy_dp" not in m:
+        return
+    line = f"\naccuracy DP {m['accuracy_dp']:.4f} (n={m['n_eval']})"
+    if "accuracy_baseline" in m:
+        line += f", non-private baseline {m['accuracy_baseline']:.4f}, cost {m['cost_pp']:.1f} pp"
+    typer.echo(line)
+    cols = ["n", "accuracy_dp"] + (
+        ["accuracy_baseline", "cost_pp"] if "accuracy_baseline" in m else []
+    )
+    typer.echo("\nper class:")
+    typer.echo(format_table(m["per_class"], ["class", *cols]))
+    if m["per_attribute"]:
+        typer.echo("\nper attribute value:")
+        typer.echo(format_table(m["per_attribute"], ["attribute", "value", *cols]))
+
+
+def make_params(cls: type, **values: Any) -> Any:
+    """Build pydantic params; a validation error becomes one line naming the flag."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "params"
+        raise ConfigError(f"{flag}: {err['msg']}") from None
+
+
+@privacy_app.command("audit")
+@handle_errors
+def audit_cmd(
+    model_spec: Annotated[str, typer.Option("--model", help="model spec to attack")],
+    members: Annotated[str, typer.Option("--members", help="data spec of the training members")],
+    non_members: Annotated[
+        str, typer.Option("--non-members", help="data spec of examples never trained on")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="folder for result.json")],
+    ledger: Annotated[
+        Path | None, typer.Option("--ledger", help="ledger.json of the DP run (claimed epsilon)")
+    ] = None,
+    epsilon: Annotated[
+        float | None, typer.Option("--epsilon", help="claimed epsilon, without a ledger")
+    ] = None,
+    delta: Annotated[
+        float | None, typer.Option("--delta", help="delta (default: the ledger's or 1e-5)")
+    ] = None,
+    attacks: Annotated[
+        str, typer.Option("--attacks", help="comma-separated: loss, art_blackbox")
+    ] = "loss,art_blackbox",
+    members_limit: Annotated[
+        int | None, typer.Option("--members-limit", help="first N members only")
+    ] = None,
+    max_auc: Annotated[
+        float | None, typer.Option("--max-auc", help="gate: exit 1 above this AUC")
+    ] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="1 - confidence of the bound")] = 0.05,
+    label_map: Annotated[
+        Path | None, typer.Option("--label-map", help="JSON: model class -> data label")
+    ] = None,
+    weights: WeightsOpt = None,
+    class_names: ClassNamesOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Membership inference (loss threshold, ART black box): AUC, TPR at FPR 0.1%/1%, and an
+    empirical epsilon lower bound (Clopper-Pearson) next to the claimed epsilon."""
+    from raigate.audit import privacy
+    from raigate.data import load_data
+
+    data = load_data(non_members, task=task, limit=limit, seed=seed)
+    model = load_model_from_options(model_spec, weights, class_names, None, mean, std, data=data)
+    params = make_params(
+        privacy.PrivacyParams,
+        members=members,
+        members_limit=members_limit,
+        ledger=str(ledger) if ledger else None,
+        epsilon=epsilon,
+        delta=delta,
+        attacks=list(parse_names(attacks) or []),
+        alpha=alpha,
+        max_auc=max_auc,
+        task=task,
+        label_map=read_label_map(label_map),
+        device=resolve_device(device),
+        seed=seed,
+        progress=sys.stderr.isatty(),
+    )
+    result = privacy.run(model, data, params, out_dir=out)
+    path = result.write(out)
+    m = result.metrics
+    typer.echo(
+        f"members {m['n_members']} (accuracy {m['member_accuracy']:.4f}), non-members "
+        f"{m['n_non_members']} (accuracy {m['non_member_accuracy']:.4f})"
+    )
+    typer.echo(
+        format_table(
+            m["attacks"],
+            ["attack", "auc", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01", "eps_lower", "eps_point"],
+        )
+    )
+    claimed = m["claimed_epsilon"]
+    typer.echo(
+        f"\nempirical epsilon >= {m['eps_lower']:.3f} ({1 - alpha:.0%} confidence) vs claimed "
+        f"{'none' if claimed is None else format(claimed, '.3f')} (delta {m['delta']:g})"
+    )
+    for f in result.findings:
+        typer.echo(f"\n[{f.severity.upper()}] {f.message}")
+    typer.echo(f"\nwrote {path}")
+    if result.verdict == "fail":
+        raise GateFailed("; ".join(f.message for f in result.findings if f.severity == "fail"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``raigate privacy train|audit`` to the CLI."""
+    app.add_typer(privacy_app, name="privacy")

@@ -1,0 +1,37 @@
+"""Privacy: DP-SGD retraining to a target epsilon, its ledger, and measured leakage.
+
+* :func:`train_private` / :func:`run_private_training` retrain a network with DP-SGD
+  (Opacus), fold or replace BatchNorm first, write the ledger, checkpoints and a model spec;
+* :mod:`raigate.privacy.mia` attacks the result (loss threshold, ART black box) and turns
+  the attack into an empirical epsilon lower bound; :mod:`raigate.privacy.canaries` runs
+  the one-run canary audit inside training.
+
+>>> from raigate.privacy import epsilons_for
+>>> eps = epsilons_for([(1.0, 0.01, 1000)], delta=1e-5)  # sigma, q, steps
+>>> sorted(eps), eps["prv"] < eps["rdp"]
+(['prv', 'rdp'], True)
+"""
+
+from __future__ import annotations
+
+from raigate.privacy.canaries import CanaryAudit, audit_canaries, eps_lower_bound
+from raigate.privacy.fold import fold_batchnorm, private_net, replace_batchnorm
+from raigate.privacy.ledger import Ledger, epsilons_for
+from raigate.privacy.preflight import Problem
+from raigate.privacy.train import DPParams, PrivateTraining, run_private_training, train_private
+
+__all__ = [
+    "CanaryAudit",
+    "DPParams",
+    "Ledger",
+    "PrivateTraining",
+    "Problem",
+    "audit_canaries",
+    "eps_lower_bound",
+    "epsilons_for",
+    "fold_batchnorm",
+    "private_net",
+    "replace_batchnorm",
+    "run_private_training",
+    "train_private",
+]

@@ -1,0 +1,276 @@
+"""Measured leakage: membership inference against a trained model, and the epsilon it proves.
+
+Two attacks score every example (higher = "looks like a training member"):
+
+* ``loss``: the loss-threshold attack (Yeom et al. 2018, "Privacy Risk in Machine
+  Learning"): score = minus the cross-entropy of the true label. No training, no shadow
+  models, and a strong baseline on overfit models;
+* ``art_blackbox``: ART's ``MembershipInferenceBlackBox`` (Shokri et al. 2017 style): an
+  attack model (random forest by default) trained on the model's output probabilities and
+  the label of half the members and half the non-members, scored on the other halves.
+
+For each attack: AUC (the probability that a random member outscores a random
+non-member, ties counting one half), TPR at FPR 0.1% and 1% (read off the ROC curve at the
+largest FPR not above the target: a conservative reading), and an empirical epsilon lower
+bound. (epsilon, delta)-DP implies, for every membership test, TPR <= e^eps FPR + delta and
+1 - FPR <= e^eps (1 - TPR) + delta (Kairouz, Oh & Viswanath 2015; used for auditing DP-SGD
+by Jagielski, Ullman & Oprea 2020 and Nasr et al. 2021). We choose the threshold on one
+random half of the scores and count true/false positives on the other half, take
+Clopper-Pearson bounds there (one-sided, alpha/2 each, so both hold jointly with
+confidence 1 - alpha), and report the largest epsilon those bounds force. Being a lower
+bound with confidence 1 - alpha, it should stay below a valid claimed epsilon; above it,
+the guarantee is broken (or the audit is in the 5% tail).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import beta as beta_dist
+from tqdm.auto import tqdm
+
+from raigate.data.base import Dataset
+from raigate.errors import ConfigError
+from raigate.labels import align_classes
+from raigate.models.base import Model
+
+AttackName = Literal["loss", "art_blackbox"]
+ATTACKS: tuple[str, ...] = ("loss", "art_blackbox")
+FPR_TARGETS: tuple[float, ...] = (0.001, 0.01)
+
+__all__ = [
+    "ATTACKS",
+    "AttackResult",
+    "ModelOutputs",
+    "art_blackbox_scores",
+    "clopper_pearson",
+    "empirical_epsilon",
+    "model_outputs",
+    "score_attack",
+    "tpr_at_fpr",
+]
+
+
+def clopper_pearson(k: int, n: int, alpha: float) -> tuple[float, float]:
+    """Exact two-sided ``1 - alpha`` interval for a binomial proportion (Clopper & Pearson
+    1934); pass ``2 * a`` for one-sided bounds at level ``a``."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    lo = 0.0 if k == 0 else float(beta_dist.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta_dist.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
+
+
+def _eps_from_rates(tpr: float, fpr: float, delta: float) -> float:
+    """Largest epsilon violated by one (TPR, FPR) pair, from both DP inequalities."""
+    best = 0.0
+    if fpr > 0 and tpr - delta > 0:
+        best = max(best, math.log((tpr - delta) / fpr))
+    if 1 - tpr > 0 and 1 - fpr - delta > 0:
+        best = max(best, math.log((1 - fpr - delta) / (1 - tpr)))
+    return best
+
+
+def _bounded_eps(tp: int, n_pos: int, fp: int, n_neg: int, delta: float, alpha: float) -> float:
+    tpr_lo, _ = clopper_pearson(tp, n_pos, alpha)  # one-sided alpha/2 lower bound
+    _, fpr_hi = clopper_pearson(fp, n_neg, alpha)  # one-sided alpha/2 upper bound
+    return _eps_from_rates(tpr_lo, fpr_hi, delta)
+
+
+def empirical_epsilon(
+    member_scores: np.ndarray,
+    non_member_scores: np.ndarray,
+    *,
+    delta: float,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Epsilon lower bound at confidence ``1 - alpha`` from a membership score (see the
+    module docstring). Returns the bound, the point estimate on the test half, the chosen
+    threshold and the counts it rests on."""
+    pos = np.asarray(member_scores, dtype=np.float64)
+    neg = np.asarray(non_member_scores, dtype=np.float64)
+    rng = np.random.default_rng([seed, 0xE5])
+    pos, neg = pos[rng.permutation(len(pos))], neg[rng.permutation(len(neg))]
+    pa, pb = pos[: len(pos) // 2], pos[len(pos) // 2 :]
+    na, nb = neg[: len(neg) // 2], neg[len(neg) // 2 :]
+    if min(len(pa), len(pb), len(na), len(nb)) == 0:
+        return {"eps_lower": 0.0, "eps_point": 0.0, "threshold": None, "n_test": 0}
+    # Candidate thresholds: quantiles of the calibration half (caps the search at 201).
+    cands = np.unique(np.quantile(np.concatenate([pa, na]), np.linspace(0, 1, 201)))
+    pa_sorted, na_sorted = np.sort(pa), np.sort(na)
+    best_t, best_val = float(cands[0]), -1.0
+    for t in cands:
+        tp = len(pa) - int(np.searchsorted(pa_sorted, t, side="left"))
+        fp = len(na) - int(np.searchsorted(na_sorted, t, side="left"))
+        val = _bounded_eps(tp, len(pa), fp, len(na), delta, alpha)
+        if val > best_val:
+            best_t, best_val = float(t), val
+    tp = int((pb >= best_t).sum())
+    fp = int((nb >= best_t).sum())
+    return {
+        "eps_lower": _bounded_eps(tp, len(pb), fp, len(nb), delta, alpha),
+        "eps_point": _eps_from_rates(tp / len(pb), fp / len(nb), delta),
+        "threshold": best_t,
+        "tp": tp,
+        "n_members_test": len(pb),
+        "fp": fp,
+        "n_non_members_test": len(nb),
+        "alpha": alpha,
+        "delta": delta,
+    }
+
+
+def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:
+    """TPR at the largest ROC operating point whose FPR does not exceed ``fpr``."""
+    from sklearn.metrics import roc_curve
+
+    fprs, tprs, _ = roc_curve(labels, scores)
+    ok = fprs <= fpr + 1e-12
+    return float(tprs[ok].max()) if ok.any() else 0.0
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """AUC, TPR at low FPR and the empirical epsilon bound of one attack."""
+
+    attack: str
+    auc: float
+    tpr: dict[str, float]
+    epsilon: dict[str, Any]
+    n_members: int
+    n_non_members: int
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "attack": self.attack,
+            "auc": self.auc,
+            **{f"tpr_at_fpr_{k}": v for k, v in self.tpr.items()},
+            "eps_lower": self.epsilon["eps_lower"],
+            "eps_point": self.epsilon.get("eps_point"),
+            "n_members": self.n_members,
+            "n_non_members": self.n_non_members,
+        }
+
+
+def score_attack(
+    name: str,
+    member_scores: np.ndarray,
+    non_member_scores: np.ndarray,
+    *,
+    delta: float,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> AttackResult:
+    """Summarize an attack's scores (higher = member) into an :class:`AttackResult`."""
+    from sklearn.metrics import roc_auc_score
+
+    m = np.asarray(member_scores, dtype=np.float64)
+    n = np.asarray(non_member_scores, dtype=np.float64)
+    labels = np.concatenate([np.ones(len(m)), np.zeros(len(n))])
+    scores = np.concatenate([m, n])
+    if len(m) == 0 or len(n) == 0:
+        raise ConfigError("a membership attack needs at least one member and one non-member")
+    auc = float(roc_auc_score(labels, scores))
+    tpr = {f"{f:g}": tpr_at_fpr(labels, scores, f) for f in FPR_TARGETS}
+    eps = empirical_epsilon(m, n, delta=delta, alpha=alpha, seed=seed)
+    return AttackResult(
+        attack=name, auc=auc, tpr=tpr, epsilon=eps, n_members=len(m), n_non_members=len(n)
+    )
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """Softmax probabilities, per-example loss and labels (in the model's class order)."""
+
+    probs: np.ndarray
+    loss: np.ndarray
+    labels: np.ndarray
+
+
+@torch.no_grad()
+def model_outputs(
+    model: Model,
+    data: Dataset,
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    progress: bool = True,
+    label_map: dict[str, str] | None = None,
+) -> ModelOutputs:
+    """One pass over ``data``: probabilities, cross-entropy of the true label, and labels
+    mapped to the model's class indices by name (:func:`raigate.labels.align_classes`)."""
+    from raigate.audit.evaluate import prepare
+
+    mapping = align_classes(model.class_names, data.class_names, label_map)
+    to_model = np.full(len(data.class_names), -1, dtype=np.int64)
+    for model_idx, data_idx in enumerate(mapping):
+        if data_idx >= 0:
+            to_model[data_idx] = model_idx
+    model.to(device)
+    n = len(data)
+    probs = np.empty((n, model.num_classes), dtype=np.float32)
+    loss = np.empty(n, dtype=np.float64)
+    labels = to_model[data.labels]
+    loader = prepare(model, data).loader(batch_size)
+    for x, _, idx in tqdm(loader, desc="membership scores", leave=False, disable=not progress):
+        logits = model.logits(x.to(device)).float()
+        y = torch.as_tensor(labels[idx.numpy()], device=logits.device)
+        probs[idx.numpy()] = logits.softmax(dim=1).cpu().numpy()
+        loss[idx.numpy()] = F.cross_entropy(logits, y, reduction="none").double().cpu().numpy()
+    return ModelOutputs(probs=probs, loss=loss, labels=labels)
+
+
+def art_blackbox_scores(
+    model: Model,
+    members: ModelOutputs,
+    non_members: ModelOutputs,
+    *,
+    attack_model: Literal["rf", "gb", "lr", "nn"] = "rf",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ART ``MembershipInferenceBlackBox`` on the model's probabilities: fit on a random
+    half of members and non-members, return membership probabilities for the other halves."""
+    try:
+        from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
+        from art.estimators.classification import PyTorchClassifier
+    except ImportError as exc:  # pragma: no cover - ART is a declared dependency
+        from raigate.errors import MissingDependencyError
+
+        raise MissingDependencyError("adversarial-robustness-toolbox", "the ART attack") from exc
+    classifier = PyTorchClassifier(
+        model=model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(model.input_shape),
+        nb_classes=model.num_classes,
+        clip_values=(0.0, 1.0),
+        device_type="gpu" if model.device.type == "cuda" else "cpu",
+    )
+    rng = np.random.default_rng([seed, 0xA7])
+    mi, ni = rng.permutation(len(members.labels)), rng.permutation(len(non_members.labels))
+    m_fit, m_eval = mi[: len(mi) // 2], mi[len(mi) // 2 :]
+    n_fit, n_eval = ni[: len(ni) // 2], ni[len(ni) // 2 :]
+    attack = MembershipInferenceBlackBox(
+        classifier, input_type="prediction", attack_model_type=attack_model
+    )
+    params = getattr(attack.attack_model, "get_params", dict)()
+    if "random_state" in params:  # sklearn attack models: seeded, so reruns agree
+        attack.attack_model.set_params(random_state=seed)
+    attack.fit(
+        y=members.labels[m_fit],
+        test_y=non_members.labels[n_fit],
+        pred=members.probs[m_fit],
+        test_pred=non_members.probs[n_fit],
+    )
+    pm = attack.infer(None, members.labels[m_eval], pred=members.probs[m_eval], probabilities=True)
+    pn = attack.infer(
+        None, non_members.labels[n_eval], pred=non_members.probs[n_eval], probabilities=True
+    )
+    return np.asarray(pm, dtype=np.float64).reshape(-1), np.asarray(pn, dtype=np.float64).reshape(
+        -1
+    )
