@@ -257,8 +257,11 @@ def demo_cmd(
         progress=sys.stderr.isatty(),
         echo=typer.echo,
     )
-    typer.echo("")
-    _print_evaluation(run.result)
+    m = run.result.metrics
+    typer.echo(
+        f"clean accuracy {m['accuracy']:.4f}  95% CI [{m['accuracy_ci_low']:.4f}, "
+        f"{m['accuracy_ci_high']:.4f}]  n={m['n']} (SYNTHETIC data)"
+    )
     print_verdict(run.outcome)
     if not run.outcome.passed:
         typer.echo(

@@ -37,6 +37,7 @@ DEMO_FACTORY = "raigate.zoo:small_cnn"
 DEMO_CHECKS: dict[str, str] = {
     "evaluate": "min_accuracy = 0.85\n",
     "fairness": 'sensitive = ["race", "gender", "age"]\nintersections = [["race", "gender"]]\n',
+    "explanations": "n_samples = 8\n",
 }
 
 
@@ -63,8 +64,8 @@ class DemoRun:
         return self.out_dir / "checks" / "evaluate" / "result.json"
 
 
-def _plan_text(seed: int) -> str:
-    checks = "".join(f"\n[checks.{name}]\n{body}" for name, body in DEMO_CHECKS.items())
+def _plan_text(seed: int, checks_toml: dict[str, str]) -> str:
+    checks = "".join(f"\n[checks.{name}]\n{body}" for name, body in checks_toml.items())
     return (
         "# written by `raigate demo`: run it again with `raigate audit demo-plan.toml --out DIR`\n"
         f'seed = {seed}\nfail_on = "fail"\n\n'
@@ -85,11 +86,16 @@ def run_demo(
     epochs: int = 8,
     seed: int = 0,
     key: str | Path | None = None,
+    checks: dict[str, str] | None = None,
     device: str = "cpu",
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> DemoRun:
-    """Train, save, audit, sign and verify the demo model; returns paths and outcome."""
+    """Train, save, audit, sign and verify the demo model; returns paths and outcome.
+
+    ``checks`` maps check names to their TOML parameter lines (default ``DEMO_CHECKS``).
+    """
+    checks = dict(DEMO_CHECKS if checks is None else checks)
     from raigate.reports.attest import PUBLIC_KEY_NAME, generate_keys
 
     start = time.perf_counter()
@@ -135,7 +141,7 @@ def run_demo(
         mean=[0.5] * 3,
         std=[0.5] * 3,
     )
-    plan_path = write_atomic(out / "demo-plan.toml", _plan_text(seed))
+    plan_path = write_atomic(out / "demo-plan.toml", _plan_text(seed, checks))
 
     if key is None:
         for stale in ("raigate.key", PUBLIC_KEY_NAME):
@@ -147,7 +153,7 @@ def run_demo(
         )
     else:
         public = Path(key).with_suffix(".pub")
-    echo(f"[demo 3/4] audit: {', '.join(DEMO_CHECKS)}")
+    echo(f"[demo 3/4] audit: {', '.join(checks)}")
     outcome = run_audit(
         load_plan(plan_path), out, key=key, device=device, progress=progress, echo=echo
     )
