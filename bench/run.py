@@ -25,9 +25,37 @@ def _adapter_forward() -> list[Benchmark]:
     return adapter_forward.build()
 
 
+def _fairness_bootstrap() -> list[Benchmark]:
+    import fairness_bootstrap
+
+    return fairness_bootstrap.build()
+
+
+def _explain_ig() -> list[Benchmark]:
+    import explain_ig
+
+    return explain_ig.build()
+
+
+def _robustness() -> list[Benchmark]:
+    import robustness
+
+    return robustness.build()
+
+
+def _dp_step() -> list[Benchmark]:
+    import dp_step
+
+    return dp_step.build()
+
+
 # name -> builder; a builder returns one or more benchmarks (e.g. one per network)
 BENCHMARKS: dict[str, Callable[[], list[Benchmark]]] = {
     "adapter_forward": _adapter_forward,
+    "fairness_bootstrap": _fairness_bootstrap,
+    "explain_ig": _explain_ig,
+    "robustness": _robustness,
+    "dp_step": _dp_step,
 }
 
 

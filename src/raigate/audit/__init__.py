@@ -7,13 +7,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from raigate.audit import evaluate
+from raigate.audit import evaluate, explanations, fairness, privacy, robustness
 from raigate.results import CheckResult
 
 CheckFn = Callable[..., CheckResult]
 
 CHECKS: dict[str, tuple[CheckFn, type[Any]]] = {
     "evaluate": (evaluate.run, evaluate.EvaluateParams),
+    "robustness": (robustness.run, robustness.RobustnessParams),
+    "fairness": (fairness.run, fairness.FairnessParams),
+    "explanations": (explanations.run, explanations.ExplainParams),
+    "privacy": (privacy.run, privacy.PrivacyParams),
 }
 
 

@@ -11,9 +11,15 @@ from collections.abc import Callable
 
 import typer
 
-from raigate.commands import report
+from raigate.commands import explain, fairness, privacy, report, robustness
 
-REGISTRARS: list[Callable[[typer.Typer], None]] = [report.register]
+REGISTRARS: list[Callable[[typer.Typer], None]] = [
+    report.register,
+    robustness.register,
+    fairness.register,
+    explain.register,
+    privacy.register,
+]
 
 
 def register_commands(app: typer.Typer) -> None:

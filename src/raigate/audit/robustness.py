@@ -1,0 +1,700 @@
+"""Adversarial robustness: an ε sweep of attacks on the model and, optionally, on its
+randomized-smoothing defense, next to the defense's certified accuracy.
+
+What an attacker can do (``attacks`` table): accuracy under FGSM, PGD (native torch) and
+any ``art:NAME`` attack at each norm and ε, with Wilson 95% intervals, per attribute value
+when the data has attributes (``attacks_by_group``, ``group_gaps``). What a defense buys
+back, honestly: with ``smoothing_sigma`` the same attacks run against the smoothed
+classifier, adaptively (expectation over ``eot_samples`` noise draws per gradient step,
+Salman et al. 2019), and ``smoothed_vs_base`` gives the accuracy ratio per attack, norm and
+ε; ``certification`` gives Cohen et al. (2019)'s certified accuracy at L2 radii, from
+CERTIFY with ``certify_n0``/``certify_n`` draws at failure probability ``alpha``.
+
+Definitions (also in ``params.definitions`` of every result): ε and radii are in pixel
+units of the [0, 1] image the model takes (L-inf: per pixel; L2: over all C·H·W values);
+accuracy under attack = fraction of samples still classified correctly (model classes
+matched to data labels by name); the smoothed model's accuracy = majority vote over
+``predict_n`` noise draws at the attacked point (``accuracy_predict``: Cohen's PREDICT
+with abstentions counted as errors); certified accuracy at r = fraction of samples that
+CERTIFY classifies correctly with radius >= r.
+
+>>> import raigate
+>>> from raigate.audit import robustness
+>>> data = raigate.load_data("demo:test", limit=16)
+>>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+>>> params = robustness.RobustnessParams(eps=[2 / 255], pgd_steps=2, progress=False)
+>>> result = robustness.run(model, data, params)
+>>> [(r["attack"], r["eps"] > 0) for r in result.metrics["attacks"]]
+[('clean', False), ('fgsm', True), ('pgd', True)]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from scipy.stats import norm as gaussian
+from tqdm.auto import tqdm
+
+from raigate._io import write_atomic
+from raigate.attacks import (
+    check_norm,
+    default_step_size,
+    fgsm,
+    is_black_box,
+    perturbation_norm,
+    pgd_search,
+    resolve_art_attack,
+    run_art_attack,
+    takes_eps,
+)
+from raigate.audit.evaluate import prepare
+from raigate.audit.robustness_findings import (
+    eps_text,
+    group_gap_records,
+    group_records,
+    masking_findings,
+    plot_certification,
+    plot_sweep,
+)
+from raigate.data.base import Dataset, select
+from raigate.defenses.smoothing import SmoothedClassifier, predict_from_counts
+from raigate.environment import collect_environment
+from raigate.errors import ConfigError
+from raigate.labels import align_classes
+from raigate.models.base import Model
+from raigate.results import CheckResult, DataRef, Finding, ModelRef
+from raigate.stats import wilson_interval
+
+NAME = "robustness"
+DEFAULT_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+Record = dict[str, Any]
+Key = tuple[str, str, str | None, float | None]
+
+__all__ = ["NAME", "RobustnessParams", "run"]
+
+
+class RobustnessParams(BaseModel):
+    """Parameters of the robustness check; every number in the result is labelled by them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attacks: list[str] = Field(
+        default_factory=lambda: ["fgsm", "pgd"], description="fgsm, pgd and/or art:NAME"
+    )
+    attack_params: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for art:NAME attacks (JSON)"
+    )
+    norms: list[Literal["linf", "l2"]] = Field(default_factory=lambda: ["linf"])
+    eps: list[float] = Field(default_factory=lambda: list(DEFAULT_EPS))
+    pgd_steps: int = Field(20, ge=1)
+    pgd_restarts: int = Field(1, ge=1)
+    pgd_step_size: float | None = Field(None, gt=0, description="default 2.5*eps/steps")
+    smoothing_sigma: float | None = Field(None, gt=0, description="None: no smoothing")
+    eot_samples: int = Field(8, ge=1, description="noise draws per attack gradient step")
+    predict_n: int = Field(100, ge=1, description="noise draws per smoothed prediction")
+    certify: bool = True
+    certify_n: int = Field(100_000, ge=1)
+    certify_n0: int = Field(100, ge=1)
+    alpha: float = Field(0.001, gt=0, lt=0.5)
+    certify_radii: list[float] = Field(default_factory=lambda: list(DEFAULT_RADII))
+    certify_max_samples: int | None = Field(
+        None, ge=1, description="certify a seeded class-stratified subset (default: all samples)"
+    )
+    max_samples: int = Field(500, ge=1, description="seeded stratified sample above this")
+    large_eps_check: bool = True
+    masking_tolerance: float = Field(0.02, ge=0, le=1)
+    large_eps_max_accuracy: float = Field(0.10, ge=0, le=1)
+    min_certified_ratio: float = Field(
+        0.5, ge=0, le=1, description="warn when certified accuracy at r=0 < this x clean"
+    )
+    label_map: dict[str, str] | None = None
+    batch_size: int = Field(128, gt=0, description="images per attack batch")
+    smoothing_batch_size: int = Field(1000, gt=0, description="noisy images per forward pass")
+    workers: int = Field(0, ge=0)
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+
+    @field_validator("attacks")
+    @classmethod
+    def _attack_names(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one attack (fgsm, pgd or art:NAME)")
+        for a in v:
+            if a not in {"fgsm", "pgd"} and not (a.startswith("art:") and len(a) > 4):
+                raise ValueError(f"unknown attack {a!r}; use fgsm, pgd or art:NAME")
+        # FGSM first: PGD counts the FGSM row's points among its candidates
+        order = {"fgsm": 0, "pgd": 1}
+        return sorted(dict.fromkeys(v), key=lambda a: order.get(a, 2))
+
+    @field_validator("eps", "certify_radii")
+    @classmethod
+    def _non_negative(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one value")
+        bad = [x for x in v if not (math.isfinite(x) and x >= 0)]
+        if bad:
+            raise ValueError(f"values must be finite and >= 0, got {bad[0]}")
+        return sorted(set(v))
+
+    @field_validator("norms")
+    @classmethod
+    def _norms(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one norm (linf, l2)")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _n0_le_n(self) -> RobustnessParams:
+        if self.certify_n0 > self.certify_n:
+            raise ValueError(
+                f"--certify-n0 ({self.certify_n0}) must not exceed --certify-n "
+                f"({self.certify_n}): n0 selects the class, n estimates its probability"
+            )
+        return self
+
+
+def _definitions(p: RobustnessParams) -> dict[str, str]:
+    d = {
+        "eps": "perturbation budget in pixel units of [0,1] images; linf: max per-pixel "
+        "change, l2: Euclidean length over all C*H*W values",
+        "accuracy": "fraction of samples classified as their true label after the attack "
+        "(model classes matched to data labels by name); ci: Wilson score 95%",
+        "fgsm": "one step eps*sign(grad) (linf) or eps*grad/||grad||_2 (l2), clip, project "
+        "(Goodfellow et al. 2015; identical to ART FastGradientMethod)",
+        "pgd": f"{p.pgd_steps} steps of size "
+        + ("2.5*eps/steps" if p.pgd_step_size is None else f"{p.pgd_step_size:g}")
+        + f", {p.pgd_restarts} random start(s), per-sample worst over iterates, the clean "
+        "image and the FGSM point (Madry et al. 2018); pgd_own_accuracy leaves out the FGSM "
+        "point",
+        "max_perturbation": "largest measured perturbation of the row in its norm",
+        "large_eps_check": "PGD at linf eps 0.5 / l2 eps 0.5*sqrt(C*H*W): any image can be "
+        "made flat grey, so a working attack should reach ~0 accuracy",
+    }
+    if p.smoothing_sigma is not None:
+        d.update(
+            smoothed_model="randomized smoothing g(x)=argmax_c P(f(x+d)=c), d~N(0, sigma^2 I) "
+            f"on pixels, sigma={p.smoothing_sigma:g} (Cohen et al. 2019)",
+            smoothed_attack=f"EOT: gradients of log mean softmax over {p.eot_samples} fresh "
+            "noise draws per step (Salman et al. 2019)",
+            smoothed_accuracy=f"majority vote of the base model over {p.predict_n} noise draws "
+            f"at the attacked point; accuracy_predict: Cohen's PREDICT (binomial test at "
+            f"alpha={p.alpha:g}), abstentions counted as errors",
+            ratio="smoothed accuracy / base accuracy for the same attack, norm and eps",
+            certified_accuracy=f"fraction of certified samples CERTIFY (n0={p.certify_n0}, "
+            f"n={p.certify_n}, alpha={p.alpha:g}, one-sided Clopper-Pearson) classifies "
+            "correctly with L2 radius >= r = sigma*Phi^-1(pA_lower)",
+            average_certified_radius="mean over certified samples of the radius if correct, "
+            "else 0 (Zhai et al. 2020)",
+            abstain_rate="fraction of certified samples where CERTIFY abstained (pA_lower <= 1/2)",
+            certified_wrong_rate="fraction of certified samples where CERTIFY certified a wrong "
+            "class: the certificate says the smoothed prediction is stable, not that it is right",
+        )
+    return d
+
+
+class _Sweep:
+    """Per-sample outcomes of every (model, attack, norm, eps) row, filled batch by batch."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.correct: dict[Key, np.ndarray] = {}
+        self.own: dict[Key, np.ndarray] = {}
+        self.predict_ok: dict[Key, np.ndarray] = {}
+        self.abstain: dict[Key, np.ndarray] = {}
+        self.max_pert: dict[Key, float] = {}
+        self.order: list[Key] = []
+
+    def arr(self, store: dict[Key, np.ndarray], key: Key) -> np.ndarray:
+        if key not in store:
+            store[key] = np.zeros(self.n, dtype=bool)
+        return store[key]
+
+    def put(self, key: Key, idx: np.ndarray, ok: np.ndarray, pert: float) -> None:
+        if key not in self.correct:
+            self.order.append(key)
+        self.arr(self.correct, key)[idx] = ok
+        self.max_pert[key] = max(self.max_pert.get(key, 0.0), pert)
+
+
+class _Evaluator:
+    """Correctness of a batch under the base model or the smoothed model's vote."""
+
+    def __init__(self, model: Model, mapping: np.ndarray, device: str) -> None:
+        self.model = model
+        self.map = torch.as_tensor(mapping, device=device)
+
+    def to_data(self, pred: torch.Tensor) -> torch.Tensor:
+        """Model class indices to data label indices (-1: abstain or not a data class)."""
+        return torch.where(pred >= 0, self.map[pred.clamp(min=0)], torch.full_like(pred, -1))
+
+    @torch.no_grad()
+    def base(self, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        return (self.to_data(self.model.logits(x).argmax(1)) == y).cpu().numpy()
+
+    def smoothed(
+        self, sm: SmoothedClassifier, x: torch.Tensor, y: torch.Tensor, n: int, alpha: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(majority vote correct, PREDICT correct, PREDICT abstained) from one set of draws."""
+        counts = sm.counts(x, n)
+        vote = (self.to_data(counts.argmax(1)) == y).cpu().numpy()
+        pred = predict_from_counts(counts, alpha)
+        ok = ((pred >= 0) & (self.to_data(pred) == y)).cpu().numpy()
+        return vote, ok, (pred < 0).cpu().numpy()
+
+
+class _Runner:
+    """Runs every attack row on one batch for one target (base or smoothed) and records it."""
+
+    def __init__(
+        self,
+        p: RobustnessParams,
+        ev: _Evaluator,
+        smoothed: SmoothedClassifier | None,
+        input_shape: tuple[int, int, int],
+    ) -> None:
+        self.p = p
+        self.ev = ev
+        self.smoothed = smoothed
+        self.input_shape = input_shape
+
+    def record(
+        self,
+        store: _Sweep,
+        key: Key,
+        x_adv: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        idx: np.ndarray,
+    ) -> None:
+        norm = key[2]
+        pert = 0.0
+        if norm is not None:
+            pert = float(perturbation_norm(x_adv, x, check_norm(norm)).max())
+        if key[0] == "base" or self.smoothed is None:
+            store.put(key, idx, self.ev.base(x_adv, y), pert)
+            return
+        vote, ok, abstain = self.ev.smoothed(
+            self.smoothed, x_adv, y, self.p.predict_n, self.p.alpha
+        )
+        store.put(key, idx, vote, pert)
+        store.arr(store.predict_ok, key)[idx] = ok
+        store.arr(store.abstain, key)[idx] = abstain
+
+    def own(
+        self, store: _Sweep, key: Key, x_own: torch.Tensor, y: torch.Tensor, idx: np.ndarray
+    ) -> None:
+        """Outcome at PGD's own worst point (without the FGSM candidate)."""
+        if key[0] == "base" or self.smoothed is None:
+            ok = self.ev.base(x_own, y)
+        else:
+            ok = self.ev.smoothed(self.smoothed, x_own, y, self.p.predict_n, self.p.alpha)[0]
+        store.arr(store.own, key)[idx] = ok
+
+    def batch(
+        self,
+        name: str,
+        target: Model,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        y_model: torch.Tensor,
+        idx: np.ndarray,
+        sweep: _Sweep,
+        big: _Sweep,
+    ) -> None:
+        p = self.p
+        self.record(sweep, (name, "clean", None, 0.0), x, x, y, idx)
+        for norm in p.norms:
+            for eps in p.eps:
+                x_fgsm = None
+                for attack in p.attacks:
+                    key: Key = (name, attack, norm, eps)
+                    if attack == "fgsm":
+                        x_fgsm = fgsm(target, x, y_model, eps=eps, norm=norm)
+                        self.record(sweep, key, x_fgsm, x, y, idx)
+                    elif attack == "pgd":
+                        res = pgd_search(
+                            target, x, y_model, eps=eps, norm=norm, steps=p.pgd_steps,
+                            step_size=p.pgd_step_size, restarts=p.pgd_restarts,
+                            include_fgsm=x_fgsm is None,
+                            candidates=() if x_fgsm is None else (x_fgsm,), seed=p.seed,
+                        )  # fmt: skip
+                        self.record(sweep, key, res.x_adv, x, y, idx)
+                        self.own(sweep, key, res.x_own, y, idx)
+                    elif takes_eps(attack):
+                        x_art = run_art_attack(
+                            target, attack, x, y_model, params=p.attack_params, eps=eps, norm=norm
+                        )
+                        self.record(sweep, key, x_art, x, y, idx)
+            if p.large_eps_check and "pgd" in p.attacks:
+                eps_big = _large_eps(norm, self.input_shape)
+                res = pgd_search(
+                    target, x, y_model, eps=eps_big, norm=norm, steps=p.pgd_steps, seed=p.seed
+                )
+                self.record(big, (name, "pgd", norm, eps_big), res.x_adv, x, y, idx)
+        for attack in p.attacks:
+            if attack.startswith("art:") and not takes_eps(attack):
+                # no budget parameter: one run, its own budget; max_perturbation says what it used
+                x_art = run_art_attack(target, attack, x, y_model, params=p.attack_params)
+                self.record(sweep, (name, attack, p.norms[0], None), x_art, x, y, idx)
+
+
+def stratified_positions(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``k`` sorted positions, every class keeping its share (largest remainder), seeded."""
+    n = len(labels)
+    if k >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * k / n
+    take = np.floor(exact).astype(int)
+    take[np.argsort(-(exact - take), kind="stable")[: k - take.sum()]] += 1
+    chosen = [
+        rng.choice(np.flatnonzero(labels == c), size=int(t), replace=False)
+        for c, t in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def _large_eps(norm: str, shape: tuple[int, int, int]) -> float:
+    return 0.5 if norm == "linf" else round(0.5 * math.sqrt(math.prod(shape)), 6)
+
+
+def _estimate(p: RobustnessParams, n: int) -> str:
+    """Approximate forward passes of the sweep, a backward pass counted as two."""
+    fb = 3  # forward + backward
+    per = 0
+    if "fgsm" in p.attacks:
+        per += fb + 1
+    if "pgd" in p.attacks:
+        per += p.pgd_restarts * (p.pgd_steps * fb + 1) + 3
+    settings = len(p.norms) * len(p.eps)
+    big = len(p.norms) * (p.pgd_steps * fb + 4) if p.large_eps_check and "pgd" in p.attacks else 0
+    base = n * (1 + per * settings + big)
+    text = f"attacks: about {base:,} forward passes on the base model"
+    if p.smoothing_sigma is not None:
+        rows = 1 + sum(2 if a == "pgd" else 1 for a in p.attacks) * settings + len(p.norms)
+        smooth = n * ((per * settings + big) * p.eot_samples + rows * p.predict_n)
+        text += (
+            f" and {smooth:,} for the smoothed model (EOT m={p.eot_samples}, "
+            f"predict_n={p.predict_n})"
+        )
+    if any(a.startswith("art:") for a in p.attacks):
+        text += " plus the ART attacks' own queries"
+    return text + f"; n={n} samples"
+
+
+def run(
+    model: Model,
+    data: Dataset,
+    params: RobustnessParams | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> CheckResult:
+    """Run the sweep (and smoothing + certification when ``smoothing_sigma`` is set).
+
+    ``echo`` receives the cost estimates printed before the attacks and before
+    certification. With ``out_dir``, plots and ``certification.csv`` are written there and
+    listed in ``artifacts``; ``result.json`` is the caller's (``result.write(out_dir)``).
+    """
+    p = params or RobustnessParams()
+    say = echo or (lambda _msg: None)
+    start = time.perf_counter()
+    mapping = align_classes(model.class_names, data.class_names, p.label_map)
+    inverse = np.full(len(data.class_names), -1, dtype=np.int64)
+    for i, j in enumerate(mapping):
+        if j >= 0:
+            inverse[j] = i
+    for a in p.attacks:
+        if a.startswith("art:"):
+            resolve_art_attack(a)  # a typo fails now, not after an hour of PGD
+    chosen = select(data, sample=p.max_samples, seed=p.seed) if len(data) > p.max_samples else data
+    prepared = prepare(model, chosen)
+    n = len(prepared)
+    if n == 0:
+        raise ConfigError(f"{data.spec} has no samples to attack")
+    model.to(p.device)
+    smoothed = None
+    targets: list[tuple[str, Model]] = [("base", model)]
+    if p.smoothing_sigma is not None:
+        smoothed = SmoothedClassifier(
+            model, p.smoothing_sigma, eot_samples=p.eot_samples,
+            batch_size=p.smoothing_batch_size, seed=p.seed,
+        )  # fmt: skip
+        targets.append(("smoothed", smoothed))
+    say(_estimate(p, n))
+
+    sweep, big = _Sweep(n), _Sweep(n)
+    ev = _Evaluator(model, mapping, p.device)
+    runner = _Runner(p, ev, smoothed, model.input_shape)
+    inv_t = torch.as_tensor(inverse, device=p.device)
+    loader = prepared.loader(p.batch_size, num_workers=p.workers)
+    for x, y, idx in tqdm(loader, desc="robustness", leave=False, disable=not p.progress):
+        x, y = x.to(p.device), y.to(p.device)
+        for name, target in targets:
+            runner.batch(name, target, x, y, inv_t[y], idx.numpy(), sweep, big)
+
+    rows = _rows(sweep, p)
+    large_rows = _rows(big, p)
+    by_group = group_records(rows, sweep.correct, prepared.attributes)
+    for r in (*rows, *large_rows):
+        r.pop("key")
+    findings = masking_findings(
+        rows, large_rows, tolerance=p.masking_tolerance,
+        large_eps_max_accuracy=p.large_eps_max_accuracy,
+    )  # fmt: skip
+    attacked = [r["accuracy"] for r in rows if r["model"] == "base" and r["attack"] != "clean"]
+    metrics: dict[str, Any] = {
+        "n": n,
+        "clean_accuracy": next(r["accuracy"] for r in rows if r["attack"] == "clean"),
+        "min_robust_accuracy": min(attacked) if attacked else None,
+        "attacks": rows,
+        "attacks_by_group": by_group,
+        "group_gaps": group_gap_records(by_group),
+        "large_eps_check": large_rows,
+    }
+    artifacts: list[str] = []
+    if smoothed is not None:
+        metrics["smoothed_vs_base"] = _ratios(rows, p)
+        if p.certify:
+            base_clean = sweep.correct[("base", "clean", None, 0.0)]
+            cert = _certify(smoothed, prepared, ev, p, say, base_clean)
+            metrics.update(cert["metrics"])
+            findings.append(cert["finding"])
+            if out_dir is not None:
+                artifacts += _write_certification(cert, prepared, p, Path(out_dir))
+    if out_dir is not None:
+        plot_sweep(rows, Path(out_dir) / "robust_accuracy.png")
+        artifacts.append("robust_accuracy.png")
+
+    return CheckResult(
+        check=NAME,
+        params={
+            **p.model_dump(exclude={"progress"}),
+            "n": n,
+            "definitions": _definitions(p),
+            "interval": "Wilson score, 95%",
+        },
+        metrics=metrics,
+        findings=findings,
+        artifacts=sorted(artifacts),
+        seed=p.seed,
+        environment=collect_environment(p.device),
+        model=ModelRef(
+            spec=model.spec,
+            digest=model.digest,
+            class_names=list(model.class_names),
+            input_shape=list(model.input_shape),
+        ),
+        data=DataRef(
+            spec=data.spec,
+            manifest_digest=chosen.manifest.digest,
+            synthetic=data.synthetic,
+            n=n,
+            task=data.task,
+        ),
+        timing_s=round(time.perf_counter() - start, 3),
+    )
+
+
+def _rows(sweep: _Sweep, p: RobustnessParams) -> list[Record]:
+    rows: list[Record] = []
+    for key in sweep.order:
+        model_name, attack, norm, eps = key
+        ok = sweep.correct[key]
+        s = int(ok.sum())
+        lo, hi = wilson_interval(s, sweep.n)
+        row: Record = {
+            "key": key,
+            "model": model_name,
+            "attack": attack,
+            "norm": norm,
+            "eps": eps,
+            "eps_text": eps_text(eps) if attack != "clean" else "0",
+            "accuracy": s / sweep.n,
+            "n": sweep.n,
+            "correct": s,
+            "ci_low": lo,
+            "ci_high": hi,
+            "max_perturbation": round(sweep.max_pert[key], 6) if attack != "clean" else 0.0,
+        }
+        if attack == "pgd":
+            row.update(
+                steps=p.pgd_steps,
+                restarts=p.pgd_restarts,
+                step_size=p.pgd_step_size or default_step_size(eps or 0.0, p.pgd_steps),
+                pgd_own_accuracy=float(sweep.own[key].mean()) if key in sweep.own else None,
+            )
+        if attack.startswith("art:"):
+            row.update(black_box=is_black_box(attack), attack_params=p.attack_params)
+        if model_name == "smoothed":
+            row.update(
+                sigma=p.smoothing_sigma,
+                eot_samples=p.eot_samples if attack != "clean" else None,
+                predict_n=p.predict_n,
+                accuracy_predict=float(sweep.predict_ok[key].mean()),
+                abstain_rate=float(sweep.abstain[key].mean()),
+            )
+        rows.append(row)
+    return rows
+
+
+def _ratios(rows: list[Record], p: RobustnessParams) -> list[Record]:
+    base = {(r["attack"], r["norm"], r["eps"]): r for r in rows if r["model"] == "base"}
+    out: list[Record] = []
+    for r in rows:
+        k = (r["attack"], r["norm"], r["eps"])
+        if r["model"] != "smoothed" or k not in base:
+            continue
+        b = base[k]["accuracy"]
+        out.append(
+            {
+                "attack": r["attack"],
+                "norm": r["norm"],
+                "eps": r["eps"],
+                "eps_text": r["eps_text"],
+                "base_accuracy": b,
+                "smoothed_accuracy": r["accuracy"],
+                "ratio": r["accuracy"] / b if b > 0 else None,
+                "difference": r["accuracy"] - b,
+                "sigma": p.smoothing_sigma,
+                "eot_samples": p.eot_samples,
+                "predict_n": p.predict_n,
+                "n": r["n"],
+            }
+        )
+    return out
+
+
+def _certify(
+    sm: SmoothedClassifier,
+    data: Dataset,
+    ev: _Evaluator,
+    p: RobustnessParams,
+    say: Callable[[str], None],
+    base_clean: np.ndarray,
+) -> dict[str, Any]:
+    """CERTIFY on ``certify_max_samples`` of the attacked samples (seeded, stratified by
+    class, so a folder sorted by class is not certified on its first classes only)."""
+    k = min(len(data), p.certify_max_samples or len(data))
+    positions = stratified_positions(data.labels, k, p.seed)
+    subset = data.subset(positions)
+    draws = k * (p.certify_n0 + p.certify_n)
+    say(
+        f"certify: {k} images x ({p.certify_n0:,} selection + {p.certify_n:,} estimation noise "
+        f"draws) = {draws:,} forward passes of the base model, {p.smoothing_batch_size} per batch"
+    )
+    preds, radii, plow, counts, labels = [], [], [], [], []
+    bar = tqdm(total=k, desc="certify", unit="image", leave=False, disable=not p.progress)
+    for x, y, _ in subset.loader(p.batch_size, num_workers=p.workers):
+        c = sm.certify(x.to(p.device), p.certify_n0, p.certify_n, p.alpha, progress=p.progress)
+        preds.append(ev.to_data(c.prediction.to(p.device)).cpu().numpy())
+        radii.append(c.radius.numpy())
+        plow.append(c.p_lower.numpy())
+        counts.append(c.count.numpy())
+        labels.append(y.numpy())
+        bar.update(len(y))
+    bar.close()
+    pred, radius = np.concatenate(preds), np.concatenate(radii)
+    label = np.concatenate(labels)
+    abstained = pred < 0
+    correct = (~abstained) & (pred == label)
+    table = [
+        {
+            "radius": r,
+            "certified_accuracy": float((correct & (radius >= r)).mean()),
+            "certified": int((correct & (radius >= r)).sum()),
+            "n": k,
+        }
+        for r in p.certify_radii
+    ]
+    top = max(1.0, float(radius.max()) if k else 0.0, max(p.certify_radii))
+    grid = np.round(np.linspace(0.0, top, 101), 6)
+    curve = [
+        {"radius": float(r), "certified_accuracy": float((correct & (radius >= r)).mean())}
+        for r in grid
+    ]
+    abstain_rate = float(abstained.mean())
+    wrong_rate = float(((~abstained) & (pred != label)).mean())
+    acr = float(np.where(correct, radius, 0.0).mean())
+    acc0 = float(correct.mean())
+    base_acc = float(base_clean[positions].mean())
+    need = p.min_certified_ratio * base_acc
+    bad = acc0 < need
+    finding = Finding(
+        id="robustness.smoothing.certified_accuracy",
+        severity="warn" if bad else "pass",
+        metric="certified_accuracy_at_0",
+        value=acc0,
+        threshold=need,
+        message=(
+            f"CERTIFY (sigma={p.smoothing_sigma:g}, n={p.certify_n}, alpha={p.alpha:g}) is "
+            f"correct on {acc0:.1%} of {k} samples, abstains on {abstain_rate:.1%} and certifies "
+            f"a wrong class on {wrong_rate:.1%}, against {base_acc:.1%} clean accuracy of the "
+            "base model on the same samples; "
+            + (
+                f"below {p.min_certified_ratio:.0%} of it: the base model is not robust to its "
+                "own noise, so the smoothed model is not usable as is; train it with Gaussian "
+                "noise (raigate harden smoothing) first"
+                if bad
+                else f"at least {p.min_certified_ratio:.0%} of it"
+            )
+        ),
+    )
+    # the largest radius n draws can certify: all n votes for the class (pA_lower = alpha^(1/n))
+    max_radius = float(p.smoothing_sigma or 0) * float(gaussian.ppf(p.alpha ** (1 / p.certify_n)))
+    return {
+        "metrics": {
+            "certification": table,
+            "certification_curve": curve,
+            "abstain_rate": abstain_rate,
+            "certified_wrong_rate": wrong_rate,
+            "average_certified_radius": acr,
+            "certified_n": k,
+            "max_certifiable_radius": max_radius,
+        },
+        "finding": finding,
+        "per_sample": {
+            "position": positions,
+            "prediction": pred,
+            "radius": radius,
+            "p_lower": np.concatenate(plow),
+            "count": np.concatenate(counts),
+            "label": label,
+            "correct": correct,
+        },
+        "curve": curve,
+    }
+
+
+def _write_certification(
+    cert: dict[str, Any], data: Dataset, p: RobustnessParams, out: Path
+) -> list[str]:
+    ps = cert["per_sample"]
+    names = np.asarray(data.class_names, dtype=object)
+    frame = pd.DataFrame(
+        {
+            "index": ps["position"],
+            "label": names[ps["label"]],
+            "certified_class": [names[c] if c >= 0 else "(abstain)" for c in ps["prediction"]],
+            "radius": np.round(ps["radius"], 6),
+            "p_a_lower": np.round(ps["p_lower"], 6),
+            "n_a": ps["count"],
+            "correct": ps["correct"],
+        }
+    )
+    attrs = data.attributes.iloc[ps["position"]].reset_index(drop=True)
+    frame = pd.concat([frame, attrs], axis=1)
+    write_atomic(out / "certification.csv", frame.to_csv(index=False))
+    plot_certification(cert["curve"], float(p.smoothing_sigma or 0), out / "certification.png")
+    return ["certification.csv", "certification.png"]

@@ -1,0 +1,347 @@
+"""``raigate robustness`` and ``raigate harden smoothing``: parse, call the library, print.
+
+Heavy imports (the check, ART, the defenses) happen inside the command functions so
+``raigate --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from raigate.cli_common import (
+    ClassNamesOpt,
+    DeviceOpt,
+    InputSizeOpt,
+    LimitOpt,
+    MeanOpt,
+    SampleOpt,
+    SeedOpt,
+    StdOpt,
+    TaskOpt,
+    WeightsOpt,
+    format_table,
+    handle_errors,
+    load_model_from_options,
+    parse_floats,
+    parse_names,
+    read_label_map,
+    resolve_device,
+)
+from raigate.errors import ConfigError, GateFailed
+
+__all__ = ["harden_smoothing_cmd", "register", "robustness_cmd"]
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", help="model spec (see `raigate models inspect --help`)")
+]
+DataOpt = Annotated[
+    str, typer.Option("--data", help="data spec (see `raigate data inspect --help`)")
+]
+LabelMapOpt = Annotated[
+    Path | None,
+    typer.Option("--label-map", help="JSON file mapping model class names to data label names"),
+]
+
+# pydantic field -> the flag a user typed, for one-line errors
+_FLAGS = {"norms": "--norm", "certify_radii": "--radii", "smoothing_sigma": "--smoothing-sigma"}
+
+
+def make_params(cls: type, **values: Any) -> Any:
+    """Build a pydantic params object; a validation error becomes a one-line ConfigError
+    naming the command-line flag."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(x) for x in err["loc"]]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not loc:
+            raise ConfigError(msg) from None
+        flag = _FLAGS.get(loc[0], "--" + loc[0].replace("_", "-"))
+        got = (
+            f" (got {err['input']!r})"
+            if "input" in err and not isinstance(err["input"], dict)
+            else ""
+        )
+        raise ConfigError(f"{flag}: {msg}{got}") from None
+
+
+def _norms(text: str) -> list[str]:
+    names = parse_names(text) or []
+    for n in names:
+        if n not in ("linf", "l2"):
+            raise ConfigError(f"--norm must be linf or l2 (comma-separated for both), got {n!r}")
+    return names
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    values = parse_floats(text, flag) or ()
+    tokens = [t.strip() for t in text.split(",") if t.strip()]
+    for token, v in zip(tokens, values, strict=True):
+        if v < 0:
+            raise ConfigError(f"--{flag} values must be >= 0, got {token!r}")
+    return list(values)
+
+
+def robustness_cmd(
+    model_spec: ModelOpt,
+    data_spec: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="folder for result.json, plots and CSVs")],
+    attacks: Annotated[
+        str, typer.Option("--attacks", help="comma-separated: fgsm, pgd, art:NAME (any ART attack)")
+    ] = "fgsm,pgd",
+    attack_params: Annotated[
+        str | None,
+        typer.Option(
+            "--attack-params", help='JSON keyword arguments for art:NAME, e.g. {"max_iter": 100}'
+        ),
+    ] = None,
+    norm: Annotated[str, typer.Option("--norm", help="linf, l2, or linf,l2")] = "linf",
+    eps: Annotated[
+        str, typer.Option("--eps", help="comma-separated budgets in pixel units, fractions allowed")
+    ] = "1/255,2/255,4/255,8/255",
+    pgd_steps: Annotated[int, typer.Option("--pgd-steps", help="PGD iterations")] = 20,
+    pgd_restarts: Annotated[int, typer.Option("--pgd-restarts", help="PGD random starts")] = 1,
+    pgd_step_size: Annotated[
+        float | None, typer.Option("--pgd-step-size", help="PGD step (default 2.5*eps/steps)")
+    ] = None,
+    smoothing_sigma: Annotated[
+        float | None,
+        typer.Option(
+            "--smoothing-sigma", help="also attack and certify the smoothed model at this sigma"
+        ),
+    ] = None,
+    eot_samples: Annotated[
+        int,
+        typer.Option(
+            "--eot-samples", help="noise draws per gradient step against the smoothed model"
+        ),
+    ] = 8,
+    predict_n: Annotated[
+        int, typer.Option("--predict-n", help="noise draws per smoothed prediction")
+    ] = 100,
+    certify: Annotated[
+        bool, typer.Option("--certify/--no-certify", help="run CERTIFY when smoothing")
+    ] = True,
+    certify_n: Annotated[
+        int, typer.Option("--certify-n", help="CERTIFY estimation draws")
+    ] = 100_000,
+    certify_n0: Annotated[int, typer.Option("--certify-n0", help="CERTIFY selection draws")] = 100,
+    alpha: Annotated[
+        float, typer.Option("--alpha", help="failure probability of PREDICT/CERTIFY")
+    ] = 0.001,
+    radii: Annotated[
+        str, typer.Option("--radii", help="L2 radii for the certified-accuracy table")
+    ] = "0,0.25,0.5,0.75,1.0",
+    certify_max_samples: Annotated[
+        int | None,
+        typer.Option(
+            "--certify-max-samples", help="certify a seeded, class-stratified N of the samples"
+        ),
+    ] = None,
+    max_samples: Annotated[
+        int, typer.Option("--max-samples", help="attack a seeded stratified sample of at most N")
+    ] = 500,
+    large_eps_check: Annotated[
+        bool,
+        typer.Option(
+            "--large-eps-check/--no-large-eps-check", help="PGD at a huge eps must reach ~0"
+        ),
+    ] = True,
+    weights: WeightsOpt = None,
+    class_names: ClassNamesOpt = None,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = None,
+    sample: SampleOpt = None,
+    seed: SeedOpt = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="images per attack batch")] = 128,
+    smoothing_batch_size: Annotated[
+        int, typer.Option("--smoothing-batch-size", help="noisy images per forward pass")
+    ] = 1000,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers")] = 0,
+    label_map: LabelMapOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Accuracy under FGSM/PGD/ART attacks over an eps sweep, per group; with
+    --smoothing-sigma the same (adaptive, EOT) attacks on the smoothed model, the
+    smoothed/base ratio and Cohen et al.'s certified accuracy."""
+    from raigate.attacks import parse_attack_params
+    from raigate.audit import robustness
+    from raigate.data import load_data
+
+    params = make_params(
+        robustness.RobustnessParams,
+        attacks=list(parse_names(attacks) or []),
+        attack_params=parse_attack_params(attack_params),
+        norms=_norms(norm),
+        eps=_floats(eps, "eps"),
+        pgd_steps=pgd_steps,
+        pgd_restarts=pgd_restarts,
+        pgd_step_size=pgd_step_size,
+        smoothing_sigma=smoothing_sigma,
+        eot_samples=eot_samples,
+        predict_n=predict_n,
+        certify=certify,
+        certify_n=certify_n,
+        certify_n0=certify_n0,
+        alpha=alpha,
+        certify_radii=_floats(radii, "radii"),
+        certify_max_samples=certify_max_samples,
+        max_samples=max_samples,
+        large_eps_check=large_eps_check,
+        label_map=read_label_map(label_map),
+        batch_size=batch_size,
+        smoothing_batch_size=smoothing_batch_size,
+        workers=workers,
+        device=resolve_device(device),
+        seed=seed,
+        progress=sys.stderr.isatty(),
+    )
+    data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
+    model = load_model_from_options(
+        model_spec, weights, class_names, input_size, mean, std, data=data
+    )
+    result = robustness.run(model, data, params, out_dir=out, echo=typer.echo)
+    path = result.write(out)
+    print_robustness(result)
+    typer.echo(f"\nwrote {path}")
+    if result.verdict == "fail":
+        raise GateFailed("; ".join(f.message for f in result.findings if f.severity == "fail"))
+
+
+def print_robustness(result: Any) -> None:
+    """The tables a reader needs first; everything else is in result.json."""
+    m, p = result.metrics, result.params
+    synthetic = " (SYNTHETIC data)" if result.data.synthetic else ""
+    typer.echo(
+        f"\naccuracy under attack, n={m['n']}{synthetic}; eps in pixel units of [0,1] images, "
+        f"PGD {p['pgd_steps']} steps x {p['pgd_restarts']} restart(s), Wilson 95% CI:"
+    )
+    cols = ["model", "attack", "norm", "eps_text", "accuracy", "ci_low", "ci_high"]
+    if any("pgd_own_accuracy" in r for r in m["attacks"]):
+        cols.append("pgd_own_accuracy")
+    typer.echo(format_table(m["attacks"], cols))
+    if m.get("smoothed_vs_base"):
+        typer.echo(
+            f"\nsmoothed vs base (sigma={p['smoothing_sigma']:g}; smoothed attacked with EOT "
+            f"m={p['eot_samples']}, predicted by majority vote of {p['predict_n']} draws):"
+        )
+        typer.echo(
+            format_table(
+                m["smoothed_vs_base"],
+                ["attack", "norm", "eps_text", "base_accuracy", "smoothed_accuracy", "ratio"],
+            )
+        )
+    if m.get("certification"):
+        typer.echo(
+            f"\ncertified accuracy (CERTIFY, sigma={p['smoothing_sigma']:g}, "
+            f"n0={p['certify_n0']}, n={p['certify_n']:,}, alpha={p['alpha']:g}; L2 radius, "
+            f"pixel units; n={m['certified_n']} samples):"
+        )
+        typer.echo(format_table(m["certification"], ["radius", "certified_accuracy", "certified"]))
+        typer.echo(
+            f"abstain rate {m['abstain_rate']:.4f}, certified but wrong "
+            f"{m['certified_wrong_rate']:.4f}, average certified radius "
+            f"{m['average_certified_radius']:.4f}, largest certifiable radius at this n "
+            f"{m['max_certifiable_radius']:.4f}"
+        )
+    from raigate.audit.robustness_findings import eps_text
+
+    gaps = sorted(m.get("group_gaps") or [], key=lambda g: -g["gap"])[:5]
+    gaps = [{**g, "eps": eps_text(g["eps"]) if g["attack"] != "clean" else "0"} for g in gaps]
+    if gaps:
+        typer.echo("\nlargest accuracy gaps between groups (worst vs best group):")
+        typer.echo(
+            format_table(
+                gaps,
+                [
+                    "model",
+                    "attack",
+                    "norm",
+                    "eps",
+                    "attribute",
+                    "worst_group",
+                    "worst_accuracy",
+                    "best_group",
+                    "best_accuracy",
+                    "gap",
+                ],
+            )
+        )
+    for f in result.findings:
+        typer.echo(f"\n[{f.severity.upper()}] {f.message}")
+
+
+def harden_smoothing_cmd(
+    model_spec: ModelOpt,
+    data_spec: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="folder for model.json, model.safetensors")],
+    sigma: Annotated[float, typer.Option("--sigma", help="Gaussian noise std on [0,1] pixels")],
+    epochs: Annotated[int, typer.Option("--epochs", help="training epochs")] = 10,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="training batch size")] = 64,
+    weights: WeightsOpt = None,
+    class_names: ClassNamesOpt = None,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = None,
+    sample: SampleOpt = None,
+    seed: SeedOpt = 0,
+    label_map: LabelMapOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train the model with Gaussian noise augmentation (Cohen et al. 2019) so its smoothed
+    version predicts instead of abstaining; writes a model spec every command accepts."""
+    from raigate.data import load_data
+    from raigate.defenses import harden_smoothing
+
+    data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
+    model = load_model_from_options(
+        model_spec, weights, class_names, input_size, mean, std, data=data
+    )
+    res = harden_smoothing(
+        model, data, out, sigma=sigma, epochs=epochs, lr=lr, batch_size=batch_size,
+        seed=seed, device=resolve_device(device), label_map=read_label_map(label_map),
+        progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    rep = res.report
+    typer.echo(
+        f"trained {model.spec} with Gaussian noise sigma={sigma:g} for {epochs} epoch(s) on "
+        f"{len(data)} images in {rep.seconds:.1f}s (accuracy on the noisy training batches, "
+        f"last epoch: {rep.accuracies[-1]:.4f}; loss {rep.losses[-1]:.4f})"
+    )
+    typer.echo(f"digest  {res.digest}")
+    typer.echo(f"wrote {res.model_spec}, {res.weights} and {res.record}")
+    typer.echo(
+        f"next: raigate robustness --model {res.model_spec} --data {data_spec} "
+        f"--smoothing-sigma {sigma:g} --out DIR"
+    )
+
+
+def _harden_group(app: typer.Typer) -> typer.Typer:
+    """The ``harden`` sub-app, shared with other areas' defenses if one already made it."""
+    for group in app.registered_groups:
+        if group.name == "harden" and group.typer_instance is not None:
+            return group.typer_instance
+    harden = typer.Typer(
+        help="Retrain a model with a defense and save it as a model spec.", no_args_is_help=True
+    )
+    app.add_typer(harden, name="harden")
+    return harden
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``raigate robustness`` and ``raigate harden smoothing`` to ``app``."""
+    app.command("robustness")(handle_errors(robustness_cmd))
+    _harden_group(app).command("smoothing")(handle_errors(harden_smoothing_cmd))

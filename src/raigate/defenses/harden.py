@@ -1,0 +1,163 @@
+"""``raigate harden smoothing``: retrain a model with Gaussian noise so smoothing it works.
+
+Smoothing an ordinary model mostly abstains: its predictions on ``x + N(0, σ²I)`` are near
+chance (the public CIFAR-10 ResNet-20 drops to about 13-15% at σ = 0.12-0.25). Cohen et
+al. (2019) therefore train the base classifier on noisy inputs at the σ they certify
+with. This module does that for any model built from a Python factory (a
+``pkg.module:factory`` spec or a raigate model spec JSON), then writes the weights as
+safetensors and a model spec JSON that every raigate command accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import save_file
+
+from raigate._io import write_atomic
+from raigate.data.base import Dataset
+from raigate.errors import ConfigError
+from raigate.labels import align_classes
+from raigate.models.base import Model, module_tensors, state_digest
+from raigate.models.loaders import ModelSpecFile, write_model_spec
+from raigate.results import dumps
+from raigate.training import FitReport
+
+__all__ = ["HardenResult", "harden_smoothing", "labels_in_model_order"]
+
+
+@dataclass(frozen=True)
+class HardenResult:
+    """Where the hardened model went, its digest, and the training curve."""
+
+    model_spec: Path
+    weights: Path
+    record: Path
+    digest: str
+    report: FitReport
+
+
+def _factory_of(model: Model) -> tuple[str, dict[str, Any]]:
+    """The factory and kwargs that rebuild ``model``'s architecture."""
+    if model.source == "factory":
+        return model.spec, {}
+    if model.source == "json":
+        doc = ModelSpecFile.model_validate_json(Path(model.spec).read_text(encoding="utf-8"))
+        return doc.factory, dict(doc.kwargs)
+    raise ConfigError(
+        f"harden needs a model built from Python code (pkg.module:factory --weights FILE, or a "
+        f"raigate model spec .json) so the retrained weights can be reloaded; {model.spec!r} "
+        f"is a {model.source} model"
+    )
+
+
+def labels_in_model_order(
+    model: Model, data: Dataset, label_map: dict[str, str] | None = None
+) -> Dataset:
+    """``data`` with labels as the model's class indices (matched by name, never by
+    index), so training on it trains the model's own output units."""
+    mapping = align_classes(model.class_names, data.class_names, label_map)
+    inverse = np.full(len(data.class_names), -1, dtype=np.int64)
+    for model_idx, data_idx in enumerate(mapping):
+        if data_idx >= 0:
+            inverse[data_idx] = model_idx
+    if np.array_equal(inverse, np.arange(len(data.class_names))):
+        return data
+    view = copy.copy(data)
+    # Subsets and resized views are shallow copies too; the label array is swapped whole.
+    view._all_labels = inverse[data._all_labels]
+    view.class_names = tuple(model.class_names)
+    view._manifest = None
+    return view
+
+
+def harden_smoothing(
+    model: Model,
+    data: Dataset,
+    out_dir: str | Path,
+    *,
+    sigma: float,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+    label_map: dict[str, str] | None = None,
+    progress: bool = True,
+    name: str = "model",
+) -> HardenResult:
+    """Noise-train a copy of ``model`` at ``sigma`` on ``data`` and save it to ``out_dir``
+    as ``NAME.safetensors``, ``NAME.json`` (model spec) and ``harden.json`` (the record).
+
+    >>> import raigate, tempfile
+    >>> data = raigate.load_data("demo:train", limit=64)
+    >>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+    >>> res = harden_smoothing(model, data, tempfile.mkdtemp(), sigma=0.25, epochs=1,
+    ...                        progress=False)
+    >>> raigate.load_model(str(res.model_spec)).digest == res.digest
+    True
+    """
+    # imported here: raigate.audit imports the defenses for the robustness check
+    from raigate.audit.evaluate import prepare
+    from raigate.defenses.smoothing import train_noise
+
+    factory, kwargs = _factory_of(model)
+    start = time.perf_counter()
+    trained = copy.deepcopy(model)
+    train_data = labels_in_model_order(model, prepare(model, data), label_map)
+    report = train_noise(
+        trained, train_data, sigma=sigma, epochs=epochs, lr=lr, batch_size=batch_size,
+        seed=seed, device=device, progress=progress,
+    )  # fmt: skip
+    trained.to("cpu")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{name}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in trained.net.state_dict().items()}
+    tmp = weights.with_name(f".{weights.name}.tmp")
+    save_file(state, str(tmp))
+    tmp.replace(weights)
+    spec = write_model_spec(
+        out / f"{name}.json",
+        factory=factory,
+        kwargs=kwargs,
+        weights=weights,
+        class_names=list(model.class_names),
+        input_shape=list(model.input_shape),
+        mean=trained.normalize.mean.flatten().tolist(),
+        std=trained.normalize.std.flatten().tolist(),
+    )
+    digest = state_digest(module_tensors(trained.net))
+    record = write_atomic(
+        out / "harden.json",
+        dumps(
+            {
+                "defense": "gaussian noise training for randomized smoothing (Cohen et al. 2019)",
+                "sigma": sigma,
+                "noise": "x + N(0, sigma^2 I) on pixels in [0, 1], not clipped, per batch",
+                "epochs": epochs,
+                "optimizer": f"Adam lr={lr}",
+                "batch_size": batch_size,
+                "seed": seed,
+                "base_model": {"spec": model.spec, "digest": model.digest},
+                "hardened_model": {"spec": spec.name, "digest": digest},
+                "data": {
+                    "spec": data.spec,
+                    "manifest_digest": data.manifest.digest,
+                    "n": len(data),
+                    "synthetic": data.synthetic,
+                },
+                "train_loss": report.losses,
+                "train_accuracy_on_noisy_batches": report.accuracies,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        ),
+    )
+    return HardenResult(
+        model_spec=spec, weights=weights, record=record, digest=digest, report=report
+    )
