@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             results[bench.name] = {
                 **res,
-                "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
     payload = {"environment": collect_environment("cpu"), "benchmarks": results}
     args.out.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
