@@ -84,6 +84,16 @@ class ModelRef(BaseModel):
     spec: str
     digest: str
 
+    @classmethod
+    def of(cls, model: Any) -> ModelRef:
+        """The reference every check records for a ``raigate.Model``."""
+        return cls(
+            spec=model.spec,
+            digest=model.digest,
+            class_names=list(model.class_names),
+            input_shape=list(model.input_shape),
+        )
+
 
 class DataRef(BaseModel):
     """Which data was audited: its spec, manifest digest and whether it is synthetic."""
@@ -93,6 +103,17 @@ class DataRef(BaseModel):
     spec: str
     manifest_digest: str
     synthetic: bool = False
+
+    @classmethod
+    def of(cls, data: Any, n: int | None = None) -> DataRef:
+        """The reference every check records for a ``raigate.Dataset`` (``n``: samples used)."""
+        return cls(
+            spec=data.spec,
+            manifest_digest=data.manifest.digest,
+            synthetic=data.synthetic,
+            n=len(data) if n is None else n,
+            task=data.task,
+        )
 
 
 def _now() -> str:

@@ -345,19 +345,8 @@ def run(
         findings=findings,
         seed=params.seed,
         environment=collect_environment(params.device),
-        model=ModelRef(
-            spec=model.spec,
-            digest=model.digest,
-            class_names=list(model.class_names),
-            input_shape=list(model.input_shape),
-        ),
-        data=DataRef(
-            spec=data.spec,
-            manifest_digest=data.manifest.digest,
-            synthetic=data.synthetic,
-            n=n,
-            task=data.task,
-        ),
+        model=ModelRef.of(model),
+        data=DataRef.of(data, n),
         timing_s=round(time.perf_counter() - start, 3),
     )
 

@@ -490,19 +490,8 @@ def run(
         artifacts=sorted(artifacts),
         seed=p.seed,
         environment=collect_environment(p.device),
-        model=ModelRef(
-            spec=model.spec,
-            digest=model.digest,
-            class_names=list(model.class_names),
-            input_shape=list(model.input_shape),
-        ),
-        data=DataRef(
-            spec=data.spec,
-            manifest_digest=chosen.manifest.digest,
-            synthetic=data.synthetic,
-            n=n,
-            task=data.task,
-        ),
+        model=ModelRef.of(model),
+        data=DataRef.of(chosen, n),  # the audited sample's manifest (subsets share spec)
         timing_s=round(time.perf_counter() - start, 3),
     )
 
