@@ -22,7 +22,7 @@ import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -120,7 +120,35 @@ def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
-class CheckResult(BaseModel):
+class _JsonDocument(BaseModel):
+    """Deterministic JSON out, atomic write, schema-checked read: shared by ``CheckResult``
+    (``result.json``) and ``AuditReport`` (``report.json``)."""
+
+    _FILE_NAME: ClassVar[str] = "result.json"
+    _KIND: ClassVar[str] = "raigate result"
+
+    def to_json(self) -> str:
+        """Deterministic JSON text of the whole document."""
+        return dumps(self.model_dump(mode="python"))
+
+    def write(self, out_dir: str | os.PathLike[str], name: str | None = None) -> Path:
+        """Write ``out_dir/name`` (default: the document's usual file name) atomically."""
+        return write_atomic(Path(out_dir) / (name or self._FILE_NAME), self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Self:
+        """Read the document back; a file that does not fit the schema is a DataError."""
+        p = Path(path)
+        try:
+            return cls.model_validate_json(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{p}: no such {cls._KIND.split()[-1]} file") from None
+        except ValueError as exc:
+            first = str(exc).splitlines()[0]
+            raise DataError(f"{p}: not a {cls._KIND} (schema {SCHEMA_VERSION}): {first}") from None
+
+
+class CheckResult(_JsonDocument):
     """The outcome of one check (evaluate, fairness, robustness, ...), JSON-safe and versioned."""
 
     model_config = ConfigDict(extra="forbid")
@@ -166,30 +194,8 @@ class CheckResult(BaseModel):
             raise KeyError(f"no table {name!r}; have {sorted(self.metrics)}")
         return pd.DataFrame.from_records(value)
 
-    def to_json(self) -> str:
-        """Deterministic JSON text of the whole result."""
-        return dumps(self.model_dump(mode="python"))
 
-    def write(self, out_dir: str | os.PathLike[str], name: str = "result.json") -> Path:
-        """Write ``out_dir/name`` atomically and return its path."""
-        return write_atomic(Path(out_dir) / name, self.to_json())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> CheckResult:
-        """Read a ``result.json`` back; a file that does not fit the schema is a DataError."""
-        p = Path(path)
-        try:
-            return cls.model_validate_json(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"{p}: no such result file") from None
-        except ValueError as exc:
-            first = str(exc).splitlines()[0]
-            raise DataError(
-                f"{p}: not a raigate result (schema {SCHEMA_VERSION}): {first}"
-            ) from None
-
-
-class AuditReport(BaseModel):
+class AuditReport(_JsonDocument):
     """Everything one ``raigate audit`` run establishes, in one versioned document
     (``report.json``): the plan, the environment, the model digest, the data manifest,
     every check's result, the gates, the compliance mapping and the verdict.
@@ -199,6 +205,8 @@ class AuditReport(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    _FILE_NAME: ClassVar[str] = "report.json"
+    _KIND: ClassVar[str] = "raigate audit report"
 
     schema_version: Literal["1"] = SCHEMA_VERSION
     report_type: Literal["raigate.audit"] = "raigate.audit"
@@ -224,25 +232,3 @@ class AuditReport(BaseModel):
         """True when no gate reaches the ``fail_on`` severity."""
         limit = _SEVERITY_RANK[self.fail_on]
         return all(_SEVERITY_RANK[g["severity"]] < limit for g in self.gates)
-
-    def to_json(self) -> str:
-        """Deterministic JSON text of the whole report."""
-        return dumps(self.model_dump(mode="python"))
-
-    def write(self, out_dir: str | os.PathLike[str], name: str = "report.json") -> Path:
-        """Write ``out_dir/name`` atomically and return its path."""
-        return write_atomic(Path(out_dir) / name, self.to_json())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> AuditReport:
-        """Read a ``report.json`` back; a file that does not fit the schema is a DataError."""
-        p = Path(path)
-        try:
-            return cls.model_validate_json(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"{p}: no such report file") from None
-        except ValueError as exc:
-            first = str(exc).splitlines()[0]
-            raise DataError(
-                f"{p}: not a raigate audit report (schema {SCHEMA_VERSION}): {first}"
-            ) from None
