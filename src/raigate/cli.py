@@ -17,11 +17,14 @@ import typer
 from raigate._version import __version__
 from raigate.cli_common import (
     ClassNamesOpt,
+    DataOpt,
     DeviceOpt,
     InputSizeOpt,
     JsonOpt,
+    LabelMapOpt,
     LimitOpt,
     MeanOpt,
+    ModelOpt,
     SampleOpt,
     SeedOpt,
     StdOpt,
@@ -152,12 +155,8 @@ def data_inspect(
 @app.command("evaluate")
 @handle_errors
 def evaluate_cmd(
-    model_spec: Annotated[
-        str, typer.Option("--model", help="model spec (see `raigate models inspect --help`)")
-    ],
-    data_spec: Annotated[
-        str, typer.Option("--data", help="data spec (see `raigate data inspect --help`)")
-    ],
+    model_spec: ModelOpt,
+    data_spec: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="folder for result.json and predictions.csv")],
     weights: WeightsOpt = None,
     class_names: ClassNamesOpt = None,
@@ -176,10 +175,7 @@ def evaluate_cmd(
         float | None,
         typer.Option("--min-accuracy", help="gate: exit 1 when clean accuracy is below this"),
     ] = None,
-    label_map: Annotated[
-        Path | None,
-        typer.Option("--label-map", help="JSON file mapping model class names to data label names"),
-    ] = None,
+    label_map: LabelMapOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Clean accuracy overall, per class and per attribute value, with the confusion matrix."""

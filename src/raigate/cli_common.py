@@ -190,6 +190,16 @@ SampleOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="seed for --sample and every random step")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N]")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", help="model spec (see `raigate models inspect --help`)")
+]
+DataOpt = Annotated[
+    str, typer.Option("--data", help="data spec (see `raigate data inspect --help`)")
+]
+LabelMapOpt = Annotated[
+    Path | None,
+    typer.Option("--label-map", help="JSON file mapping model class names to data label names"),
+]
 
 
 def load_model_from_options(

@@ -14,10 +14,13 @@ import typer
 
 from raigate.cli_common import (
     ClassNamesOpt,
+    DataOpt,
     DeviceOpt,
     InputSizeOpt,
+    LabelMapOpt,
     LimitOpt,
     MeanOpt,
+    ModelOpt,
     SampleOpt,
     SeedOpt,
     StdOpt,
@@ -54,12 +57,8 @@ def explain_params(**values: Any) -> Any:
 
 
 def explain_cmd(
-    model_spec: Annotated[
-        str, typer.Option("--model", help="model spec (see `raigate models inspect --help`)")
-    ],
-    data_spec: Annotated[
-        str, typer.Option("--data", help="data spec (see `raigate data inspect --help`)")
-    ],
+    model_spec: ModelOpt,
+    data_spec: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="folder for result.json and the PNG figures")],
     methods: Annotated[
         str,
@@ -114,10 +113,7 @@ def explain_cmd(
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="images per forward/backward pass")
     ] = 128,
-    label_map: Annotated[
-        Path | None,
-        typer.Option("--label-map", help="JSON file mapping model class names to data label names"),
-    ] = None,
+    label_map: LabelMapOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Attribution maps (Captum) checked for faithfulness (deletion/insertion vs random,

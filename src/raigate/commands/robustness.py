@@ -14,10 +14,13 @@ import typer
 
 from raigate.cli_common import (
     ClassNamesOpt,
+    DataOpt,
     DeviceOpt,
     InputSizeOpt,
+    LabelMapOpt,
     LimitOpt,
     MeanOpt,
+    ModelOpt,
     SampleOpt,
     SeedOpt,
     StdOpt,
@@ -34,17 +37,6 @@ from raigate.cli_common import (
 from raigate.errors import ConfigError, GateFailed
 
 __all__ = ["harden_smoothing_cmd", "register", "robustness_cmd"]
-
-ModelOpt = Annotated[
-    str, typer.Option("--model", help="model spec (see `raigate models inspect --help`)")
-]
-DataOpt = Annotated[
-    str, typer.Option("--data", help="data spec (see `raigate data inspect --help`)")
-]
-LabelMapOpt = Annotated[
-    Path | None,
-    typer.Option("--label-map", help="JSON file mapping model class names to data label names"),
-]
 
 # pydantic field -> the flag a user typed, for one-line errors
 _FLAGS = {"norms": "--norm", "certify_radii": "--radii", "smoothing_sigma": "--smoothing-sigma"}
