@@ -47,7 +47,7 @@ def hardened(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert code == 0, text
     assert "with Gaussian noise sigma=0.25 for 2 epoch(s) on 320 images" in text
-    assert f"next: raigate robustness --model {out / 'model.json'}" in text
+    assert f"--smoothing-model {out / 'model.json'} --data demo:train" in text
     return out / "model.json"
 
 
@@ -73,6 +73,62 @@ def test_robustness_end_to_end_on_the_hardened_model(hardened: Path, tmp_path: P
     assert doc["params"]["eps"] == [4 / 255] and doc["params"]["norms"] == ["linf", "l2"]
     assert {"abstain_rate", "average_certified_radius", "certification"} <= set(doc["metrics"])
     assert (tmp_path / "certification.csv").is_file()
+
+
+def test_smoothing_model_defends_with_the_variant_and_attacks_the_original(
+    hardened: Path, tmp_path: Path
+) -> None:
+    """Base rows attack --model; smoothed rows are exactly those of the variant smoothed on
+    its own (same seed, same noise), so only the undefended side changes."""
+    common = [
+        "--data", "demo:test", "--sample", "24", "--eps", "4/255", "--pgd-steps", "2",
+        "--smoothing-sigma", "0.25", "--eot-samples", "2", "--predict-n", "8", "--no-certify",
+        "--device", "cpu",
+    ]  # fmt: skip
+    code, text = invoke(
+        "robustness", "--model", "raigate.zoo:small_cnn", "--mean", "0.5,0.5,0.5",
+        "--std", "0.5,0.5,0.5", "--smoothing-model", str(hardened), *common,
+        "--out", str(tmp_path / "variant"),
+    )  # fmt: skip
+    assert code == 0, text
+    assert f"smoothed of {hardened} vs base (sigma=0.25" in text
+    code, text = invoke(
+        "robustness", "--model", str(hardened), *common, "--out", str(tmp_path / "self")
+    )
+    assert code == 0, text
+    variant = json.loads((tmp_path / "variant" / "result.json").read_text())
+    alone = json.loads((tmp_path / "self" / "result.json").read_text())
+    hardened_digest = alone["model"]["digest"]
+    assert variant["model"]["digest"] != hardened_digest  # base rows: the untrained original
+    (ref,) = variant["metrics"]["smoothing_model"]
+    assert ref["digest"] == hardened_digest and ref["same_as_audited"] is False
+    assert alone["metrics"]["smoothing_model"][0]["same_as_audited"] is True
+
+    def rows(doc: dict, model: str) -> list[tuple]:
+        return [
+            (r["attack"], r["norm"], r["eps"], r["correct"])
+            for r in doc["metrics"]["attacks"]
+            if r["model"] == model
+        ]
+
+    assert rows(variant, "smoothed") == rows(alone, "smoothed")
+    assert "f = the variant" in variant["params"]["definitions"]["smoothed_model"]
+
+
+def test_smoothing_model_must_match_classes(hardened: Path, tmp_path: Path) -> None:
+    label_map = tmp_path / "map.json"
+    label_map.write_text('{"a": "female", "b": "male"}')
+    code, out = invoke(
+        "robustness", "--model", "raigate.zoo:small_cnn", "--class-names", "a,b,c",
+        "--data", "demo:test", "--limit", "4", "--label-map", str(label_map),
+        "--smoothing-sigma", "0.25", "--smoothing-model", str(hardened), "--out", str(tmp_path),
+    )  # fmt: skip
+    assert_user_error(code, out, "smoothing model", "differ from the audited model's")
+    code, out = invoke(
+        "robustness", "--model", "raigate.zoo:small_cnn", "--data", "demo:test", "--limit", "4",
+        "--smoothing-model", str(hardened), "--out", str(tmp_path),
+    )  # fmt: skip
+    assert_user_error(code, out, "--smoothing-model needs --smoothing-sigma")
 
 
 @pytest.mark.parametrize(

@@ -22,16 +22,36 @@ parameters and the gate policy. ``raigate audit PLAN.toml`` runs it.
 
 Each ``[checks.NAME]`` table is validated by that check's own ``Params`` class; an unknown
 check or field is a ConfigError naming it, so a typo never silently drops a gate.
+
+One report can cover variants of the model too (a noise-trained copy for randomized
+smoothing, a DP-SGD retrained copy), so their digests are signed with the rest::
+
+    [models.private]              # a further model, same fields as [model]
+    spec = "private/model.json"
+
+    [checks.privacy_dp]           # a second instance of a check, on that model
+    check = "privacy"             # which check (default: the table's name)
+    model = "private"             # which model (default: [model])
+    members = "demo:train"
+    ledger = "private/ledger.json"
+
+    [checks.robustness]
+    smoothing_sigma = 0.12
+    smoothing_model = "smoothed"  # smooth a [models.smoothed] variant; attacks also hit [model]
+
+``check`` and ``model`` are the two keys a check table holds besides its check's parameters.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from raigate.errors import ConfigError
 
@@ -72,6 +92,29 @@ class CardSection(BaseModel):
     license: str | None = None
 
 
+PRIMARY = "model"
+"""The name a check table uses for the plan's ``[model]``."""
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_RESERVED = ("check", "model")
+
+
+@dataclass(frozen=True)
+class CheckInstance:
+    """One ``[checks.NAME]`` table, resolved: which check runs, on which model, with what."""
+
+    name: str  # the table's name: the folder under checks/ and the label in the report
+    check: str  # the registered check (evaluate, fairness, ...)
+    model: str  # PRIMARY or a key of [models]
+    params: Any  # the check's validated Params
+
+    def model_fields(self) -> dict[str, str]:
+        """Params fields naming further plan models, by the keyword ``run`` takes them as
+        (e.g. robustness ``smoothing_model`` -> ``smoothing_base``), with their values."""
+        fields: dict[str, str] = getattr(type(self.params), "PLAN_MODEL_FIELDS", {})
+        return {kw: getattr(self.params, f) for f, kw in fields.items() if getattr(self.params, f)}
+
+
 class AuditPlan(BaseModel):
     """A validated audit plan (see the module docstring for the TOML layout)."""
 
@@ -80,35 +123,81 @@ class AuditPlan(BaseModel):
     seed: int = 0
     fail_on: Literal["warn", "fail"] = "fail"
     model: ModelSection
+    models: dict[str, ModelSection] = Field(
+        default_factory=dict, description="further models (variants) checks may name"
+    )
     data: DataSection
     checks: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"evaluate": {}})
     card: CardSection = Field(default_factory=CardSection)
     source: str | None = Field(None, description="the plan file, for messages and relative paths")
 
-    def check_params(self) -> dict[str, Any]:
-        """Each check's validated ``Params`` object, in plan order (seed defaults to the plan's)."""
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict[str, ModelSection]) -> dict[str, ModelSection]:
+        for name in v:
+            if name == PRIMARY or not _NAME.match(name):
+                raise ValueError(
+                    f"[models.{name}]: use letters, digits, _ . - (and not {PRIMARY!r}, "
+                    "which names [model])"
+                )
+        return v
+
+    def model_section(self, name: str) -> ModelSection:
+        """``[model]`` for ``PRIMARY``, else ``[models.NAME]``."""
+        return self.model if name == PRIMARY else self.models[name]
+
+    def check_instances(self) -> list[CheckInstance]:
+        """Every check table validated, in plan order (seed defaults to the plan's); an
+        unknown check, model or field is a ConfigError naming the table and the field."""
         from raigate.audit import CHECKS
 
         where = self.source or "plan"
-        out: dict[str, Any] = {}
         if not self.checks:
             raise ConfigError(f"{where}: no [checks.NAME] tables; available: {', '.join(CHECKS)}")
+        known_models = [PRIMARY, *self.models]
+        out: list[CheckInstance] = []
         for name, raw in self.checks.items():
-            if name not in CHECKS:
-                raise ConfigError(
-                    f"{where}: unknown check [checks.{name}]; available: {', '.join(CHECKS)}"
-                )
-            _, params_cls = CHECKS[name]
             values = dict(raw or {})
+            check = values.pop("check", name)
+            model = values.pop("model", PRIMARY)
+            if not _NAME.match(name):
+                raise ConfigError(
+                    f"{where}: [checks.{name}]: a check table's name becomes a folder; use "
+                    "letters, digits, _ . -"
+                )
+            if not isinstance(check, str) or check not in CHECKS:
+                what = f"[checks.{name}]" if check == name else f"checks.{name}.check {check!r}"
+                hint = "" if check != name else '; or say which with check = "NAME"'
+                raise ConfigError(
+                    f"{where}: unknown check {what}; available: {', '.join(CHECKS)}{hint}"
+                )
+            if model not in known_models:
+                raise ConfigError(
+                    f"{where}: checks.{name}.model: {model!r} is not a model of this plan; "
+                    f"declare [models.{model}] or use one of: {', '.join(known_models)}"
+                )
+            _, params_cls = CHECKS[check]
             if "seed" in params_cls.model_fields and "seed" not in values:
                 values["seed"] = self.seed
             try:
-                out[name] = params_cls(**values)
+                params = params_cls(**values)
             except ValidationError as exc:
                 err = exc.errors()[0]
                 field = ".".join(str(p) for p in err["loc"])
                 raise ConfigError(f"{where}: checks.{name}.{field}: {err['msg']}") from None
+            for field in getattr(params_cls, "PLAN_MODEL_FIELDS", {}):
+                ref = getattr(params, field)
+                if ref is not None and ref not in known_models:
+                    raise ConfigError(
+                        f"{where}: checks.{name}.{field}: {ref!r} is not a model of this plan; "
+                        f"declare [models.{ref}] (have: {', '.join(known_models)})"
+                    )
+            out.append(CheckInstance(name=name, check=check, model=model, params=params))
         return out
+
+    def check_params(self) -> dict[str, Any]:
+        """Each check table's validated ``Params`` object by table name, in plan order."""
+        return {c.name: c.params for c in self.check_instances()}
 
 
 def _relative(base: Path, path: str) -> str:
@@ -150,14 +239,42 @@ def load_plan(path: str | os.PathLike[str]) -> AuditPlan:
         field = ".".join(str(part) for part in err["loc"])
         raise ConfigError(f"{p}: {field}: {err['msg']}") from None
     base = p.resolve().parent
-    weights = plan.model.weights
-    model = plan.model.model_copy(
+
+    def model_paths(section: ModelSection) -> ModelSection:
+        weights = section.weights
+        return section.model_copy(
+            update={
+                "spec": _resolve_model(base, section.spec),
+                "weights": _relative(base, weights) if weights else None,
+            }
+        )
+
+    data = plan.data.model_copy(update={"spec": _resolve_data(base, plan.data.spec)})
+    plan = plan.model_copy(
         update={
-            "spec": _resolve_model(base, plan.model.spec),
-            "weights": _relative(base, weights) if weights else None,
+            "model": model_paths(plan.model),
+            "models": {k: model_paths(v) for k, v in plan.models.items()},
+            "data": data,
+            "checks": {k: _check_paths(base, k, v) for k, v in plan.checks.items()},
         }
     )
-    data = plan.data.model_copy(update={"spec": _resolve_data(base, plan.data.spec)})
-    plan = plan.model_copy(update={"model": model, "data": data})
-    plan.check_params()  # fail early on unknown checks or bad fields
+    plan.check_instances()  # fail early on unknown checks, models or bad fields
     return plan
+
+
+def _check_paths(base: Path, name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Resolve the fields a check's ``Params`` declares as paths (``PLAN_PATH_FIELDS``:
+    ``"data"`` for data specs, ``"path"`` for files) relative to the plan file."""
+    from raigate.audit import CHECKS
+
+    raw = dict(raw or {})
+    check = raw.get("check", name)
+    entry = CHECKS.get(check) if isinstance(check, str) else None
+    if entry is None:
+        return raw
+    kinds: dict[str, str] = getattr(entry[1], "PLAN_PATH_FIELDS", {})
+    for field, kind in kinds.items():
+        value = raw.get(field)
+        if isinstance(value, str):
+            raw[field] = _resolve_data(base, value) if kind == "data" else _relative(base, value)
+    return raw

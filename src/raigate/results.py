@@ -197,8 +197,10 @@ class CheckResult(_JsonDocument):
 
 class AuditReport(_JsonDocument):
     """Everything one ``raigate audit`` run establishes, in one versioned document
-    (``report.json``): the plan, the environment, the model digest, the data manifest,
-    every check's result, the gates, the compliance mapping and the verdict.
+    (``report.json``): the plan, the environment, the model digest (and those of the
+    variants the plan names), the data manifest, every check's result (keyed by the plan's
+    check table name; ``CheckResult.check`` says which check), the gates, the compliance
+    mapping and the verdict.
 
     ``verdict`` is the worst severity over all gates; ``passed`` applies ``fail_on``
     (``fail``: only failures stop CI; ``warn``: warnings do too).
@@ -214,6 +216,9 @@ class AuditReport(_JsonDocument):
     environment: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     model: dict[str, Any]
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="variants named in the plan's [models.NAME] tables"
+    )
     data: dict[str, Any]
     checks: dict[str, CheckResult] = Field(default_factory=dict)
     gates: list[Record] = Field(default_factory=list)
@@ -222,7 +227,7 @@ class AuditReport(_JsonDocument):
     fail_on: Literal["warn", "fail"] = "fail"
     created_at: str = Field(default_factory=_now)
 
-    @field_validator("plan", "environment", "model", "data", mode="before")
+    @field_validator("plan", "environment", "model", "models", "data", mode="before")
     @classmethod
     def _plain(cls, value: Any) -> Any:
         return to_jsonable(value)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,12 @@ class PrivacyParams(BaseModel):
     """Parameters of the privacy (membership inference) check."""
 
     model_config = ConfigDict(extra="forbid")
+    # resolved relative to the audit plan file (raigate.config)
+    PLAN_PATH_FIELDS: ClassVar[dict[str, str]] = {
+        "members": "data",
+        "non_members": "data",
+        "ledger": "path",
+    }
 
     members: str = Field(description="data spec of the training members, e.g. cifar100:ROOT:train")
     members_limit: int | None = Field(None, gt=0, description="first N members only")

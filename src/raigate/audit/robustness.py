@@ -7,7 +7,11 @@ when the data has attributes (``attacks_by_group``, ``group_gaps``). What a defe
 back, honestly: with ``smoothing_sigma`` the same attacks run against the smoothed
 classifier, adaptively (expectation over ``eot_samples`` noise draws per gradient step,
 Salman et al. 2019), and ``smoothed_vs_base`` gives the accuracy ratio per attack, norm and
-ε; ``certification`` gives Cohen et al. (2019)'s certified accuracy at L2 radii, from
+ε. Smoothing an ordinary model mostly abstains, so the defended classifier is usually the
+smoothing of a noise-trained variant (``smoothing_model``, made by ``raigate harden
+smoothing``): the base rows then attack the audited model as shipped and the smoothed rows
+attack the defense built from the variant, which is the comparison a release needs;
+``certification`` gives Cohen et al. (2019)'s certified accuracy at L2 radii, from
 CERTIFY with ``certify_n0``/``certify_n`` draws at failure probability ``alpha``.
 
 Definitions (also in ``params.definitions`` of every result): ε and radii are in pixel
@@ -34,7 +38,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -86,6 +90,9 @@ class RobustnessParams(BaseModel):
     """Parameters of the robustness check; every number in the result is labelled by them."""
 
     model_config = ConfigDict(extra="forbid")
+    # in an audit plan, smoothing_model names a [models.NAME] table; run() takes the loaded
+    # model as smoothing_base (raigate.config)
+    PLAN_MODEL_FIELDS: ClassVar[dict[str, str]] = {"smoothing_model": "smoothing_base"}
 
     attacks: list[str] = Field(
         default_factory=lambda: ["fgsm", "pgd"], description="fgsm, pgd and/or art:NAME"
@@ -99,6 +106,12 @@ class RobustnessParams(BaseModel):
     pgd_restarts: int = Field(1, ge=1)
     pgd_step_size: float | None = Field(None, gt=0, description="default 2.5*eps/steps")
     smoothing_sigma: float | None = Field(None, gt=0, description="None: no smoothing")
+    smoothing_model: str | None = Field(
+        None,
+        description="smooth this model (e.g. a noise-trained variant from `raigate harden "
+        "smoothing`) instead of the audited one: a model spec, or in an audit plan the name of "
+        "a [models.NAME] table; same classes and input shape",
+    )
     eot_samples: int = Field(8, ge=1, description="noise draws per attack gradient step")
     predict_n: int = Field(100, ge=1, description="noise draws per smoothed prediction")
     certify: bool = True
@@ -155,6 +168,11 @@ class RobustnessParams(BaseModel):
 
     @model_validator(mode="after")
     def _n0_le_n(self) -> RobustnessParams:
+        if self.smoothing_model is not None and self.smoothing_sigma is None:
+            raise ValueError(
+                "--smoothing-model needs --smoothing-sigma: the sigma the variant was "
+                "noise-trained at"
+            )
         if self.certify_n0 > self.certify_n:
             raise ValueError(
                 f"--certify-n0 ({self.certify_n0}) must not exceed --certify-n "
@@ -181,9 +199,15 @@ def _definitions(p: RobustnessParams) -> dict[str, str]:
         "made flat grey, so a working attack should reach ~0 accuracy",
     }
     if p.smoothing_sigma is not None:
+        f_is = (
+            "the audited model"
+            if p.smoothing_model is None
+            else f"the variant {p.smoothing_model} (smoothing_model; base rows attack the "
+            "audited model, smoothed rows the defense built from the variant)"
+        )
         d.update(
             smoothed_model="randomized smoothing g(x)=argmax_c P(f(x+d)=c), d~N(0, sigma^2 I) "
-            f"on pixels, sigma={p.smoothing_sigma:g} (Cohen et al. 2019)",
+            f"on pixels, sigma={p.smoothing_sigma:g} (Cohen et al. 2019); f = {f_is}",
             smoothed_attack=f"EOT: gradients of log mean softmax over {p.eot_samples} fresh "
             "noise draws per step (Salman et al. 2019)",
             smoothed_accuracy=f"majority vote of the base model over {p.predict_n} noise draws "
@@ -400,14 +424,19 @@ def run(
     *,
     out_dir: str | Path | None = None,
     echo: Callable[[str], None] | None = None,
+    smoothing_base: Model | None = None,
 ) -> CheckResult:
     """Run the sweep (and smoothing + certification when ``smoothing_sigma`` is set).
 
-    ``echo`` receives the cost estimates printed before the attacks and before
-    certification. With ``out_dir``, plots and ``certification.csv`` are written there and
-    listed in ``artifacts``; ``result.json`` is the caller's (``result.write(out_dir)``).
+    ``smoothing_base`` is the model the defense smooths (default: ``params.smoothing_model``
+    loaded as a model spec, else ``model`` itself). ``echo`` receives the cost estimates
+    printed before the attacks and before certification. With ``out_dir``, plots and
+    ``certification.csv`` are written there and listed in ``artifacts``; ``result.json`` is
+    the caller's (``result.write(out_dir)``).
     """
     p = params or RobustnessParams()
+    if smoothing_base is not None and p.smoothing_model is None:
+        p = p.model_copy(update={"smoothing_model": smoothing_base.spec})
     say = echo or (lambda _msg: None)
     start = time.perf_counter()
     mapping = align_classes(model.class_names, data.class_names, p.label_map)
@@ -425,10 +454,13 @@ def run(
         raise ConfigError(f"{data.spec} has no samples to attack")
     model.to(p.device)
     smoothed = None
+    f = model
     targets: list[tuple[str, Model]] = [("base", model)]
     if p.smoothing_sigma is not None:
+        f = _smoothing_base(model, data, p, smoothing_base)
+        f.to(p.device)
         smoothed = SmoothedClassifier(
-            model, p.smoothing_sigma, eot_samples=p.eot_samples,
+            f, p.smoothing_sigma, eot_samples=p.eot_samples,
             batch_size=p.smoothing_batch_size, seed=p.seed,
         )  # fmt: skip
         targets.append(("smoothed", smoothed))
@@ -466,6 +498,9 @@ def run(
     artifacts: list[str] = []
     if smoothed is not None:
         metrics["smoothed_vs_base"] = _ratios(rows, p)
+        metrics["smoothing_model"] = [
+            {**ModelRef.of(f).model_dump(), "same_as_audited": f is model}
+        ]
         if p.certify:
             base_clean = sweep.correct[("base", "clean", None, 0.0)]
             cert = _certify(smoothed, prepared, ev, p, say, base_clean)
@@ -494,6 +529,29 @@ def run(
         data=DataRef.of(chosen, n),  # the audited sample's manifest (subsets share spec)
         timing_s=round(time.perf_counter() - start, 3),
     )
+
+
+def _smoothing_base(model: Model, data: Dataset, p: RobustnessParams, given: Model | None) -> Model:
+    """The model the defense smooths; a variant must answer in the audited model's terms."""
+    if given is None and p.smoothing_model is None:
+        return model
+    if given is None:
+        from raigate.models import load_model
+
+        assert p.smoothing_model is not None
+        given = load_model(p.smoothing_model, data=data)
+    name = p.smoothing_model or given.spec
+    if list(given.class_names) != list(model.class_names):
+        raise ConfigError(
+            f"smoothing model {name}: classes {list(given.class_names)} differ from the audited "
+            f"model's {list(model.class_names)}; smooth a variant of the same model"
+        )
+    if tuple(given.input_shape) != tuple(model.input_shape):
+        raise ConfigError(
+            f"smoothing model {name}: input shape {tuple(given.input_shape)} differs from the "
+            f"audited model's {tuple(model.input_shape)}"
+        )
+    return given
 
 
 def _rows(sweep: _Sweep, p: RobustnessParams) -> list[Record]:
@@ -630,11 +688,17 @@ def _certify(
             f"CERTIFY (sigma={p.smoothing_sigma:g}, n={p.certify_n}, alpha={p.alpha:g}) is "
             f"correct on {acc0:.1%} of {k} samples, abstains on {abstain_rate:.1%} and certifies "
             f"a wrong class on {wrong_rate:.1%}, against {base_acc:.1%} clean accuracy of the "
-            "base model on the same samples; "
+            "audited model on the same samples; "
             + (
-                f"below {p.min_certified_ratio:.0%} of it: the base model is not robust to its "
-                "own noise, so the smoothed model is not usable as is; train it with Gaussian "
-                "noise (raigate harden smoothing) first"
+                f"below {p.min_certified_ratio:.0%} of it: "
+                + (
+                    "the base model is not robust to its own noise, so the smoothed model is "
+                    "not usable as is; train it with Gaussian noise (raigate harden smoothing) "
+                    "first"
+                    if p.smoothing_model is None
+                    else f"the smoothed variant {p.smoothing_model} is not robust enough to "
+                    f"sigma={p.smoothing_sigma:g} noise; noise-train it longer or at this sigma"
+                )
                 if bad
                 else f"at least {p.min_certified_ratio:.0%} of it"
             )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from raigate._io import write_atomic
-from raigate.config import AuditPlan
+from raigate.config import PRIMARY, AuditPlan
 from raigate.environment import collect_environment
 from raigate.results import AuditReport, CheckResult, dumps
 
@@ -56,17 +56,19 @@ def run_audit(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> AuditOutcome:
-    """Run every check in ``plan`` on its model and data and write the sealed bundle."""
+    """Run every check table in ``plan`` on its model (``[model]`` or a ``[models.NAME]``
+    variant) and the plan's data, and write the sealed bundle."""
     from raigate.audit import CHECKS
     from raigate.data import load_data
     from raigate.models import load_model
+    from raigate.models.base import Model
     from raigate.reports.attest import load_private_key
 
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     private_key = load_private_key(key) if key is not None else None  # fail before work
-    params_by_check = plan.check_params()
+    instances = plan.check_instances()
     for stale in (ATTESTATION, "report.json"):
         (out / stale).unlink(missing_ok=True)
 
@@ -79,43 +81,54 @@ def run_audit(
     )
     import torch
 
-    torch.manual_seed(plan.seed)  # a factory without weights initializes from this seed
-    m = plan.model
-    model = load_model(
-        m.spec,
-        weights=m.weights,
-        class_names=m.class_names,
-        input_size=m.input_size,
-        mean=m.mean,
-        std=m.std,
-        data=data,
-    )
+    models: dict[str, Model] = {}
+    for name in (PRIMARY, *plan.models):
+        torch.manual_seed(plan.seed)  # a factory without weights initializes from this seed
+        m = plan.model_section(name)
+        models[name] = load_model(
+            m.spec,
+            weights=m.weights,
+            class_names=m.class_names,
+            input_size=m.input_size,
+            mean=m.mean,
+            std=m.std,
+            data=data,
+        )
+    model = models[PRIMARY]
     echo(
         f"audit: model {model.spec} ({model.digest[:19]}…), data {data.spec} "
         f"(n={len(data)}{', SYNTHETIC' if data.synthetic else ''})"
     )
+    for name in plan.models:
+        echo(f"audit: variant {name}: {models[name].spec} ({models[name].digest[:19]}…)")
 
     results: dict[str, CheckResult] = {}
-    for i, (name, params) in enumerate(params_by_check.items(), 1):
-        echo(f"[{i}/{len(params_by_check)}] {name} …")
-        run, _ = CHECKS[name]
+    total = len(instances)
+    for i, inst in enumerate(instances, 1):
+        on = "" if inst.model == PRIMARY else f" on {inst.model}"
+        label = inst.name if inst.name == inst.check else f"{inst.name} ({inst.check})"
+        echo(f"[{i}/{total}] {label}{on} …")
+        run, _ = CHECKS[inst.check]
+        params = inst.params
         if "device" in type(params).model_fields:
             params = params.model_copy(update={"device": device})
         if "progress" in type(params).model_fields:
             params = params.model_copy(update={"progress": progress})
-        check_dir = out / "checks" / name
+        extra = {kw: models[ref] for kw, ref in inst.model_fields().items()}
+        check_dir = out / "checks" / inst.name
         t0 = time.perf_counter()
         torch.manual_seed(plan.seed)  # each check starts from the same RNG state
-        result = run(model, data, params, out_dir=check_dir)
-        result.artifacts = [f"checks/{name}/{a}" for a in result.artifacts]
+        result = run(models[inst.model], data, params, out_dir=check_dir, **extra)
+        result.artifacts = [f"checks/{inst.name}/{a}" for a in result.artifacts]
         result.write(check_dir)
-        results[name] = result
-        echo(
-            f"[{i}/{len(params_by_check)}] {name}: {result.verdict} "
-            f"({time.perf_counter() - t0:.1f}s)"
-        )
+        results[inst.name] = result
+        echo(f"[{i}/{total}] {label}: {result.verdict} ({time.perf_counter() - t0:.1f}s)")
 
-    gates = [{"check": name, **f.model_dump()} for name, r in results.items() for f in r.findings]
+    gates = [
+        {"check": name, "check_type": r.check, **f.model_dump()}
+        for name, r in results.items()
+        for f in r.findings
+    ]
     verdict = max((g["severity"] for g in gates), key=_RANK.__getitem__, default="pass")
     from raigate.reports.compliance import compliance_table
 
@@ -124,13 +137,14 @@ def run_audit(
         environment=collect_environment(device),
         seed=plan.seed,
         model=model.describe(),
+        models={name: models[name].describe() for name in plan.models},
         data={
             **{k: v for k, v in data.describe().items() if k != "manifest_files"},
             "files": len(data.manifest.files),
         },
         checks=results,
         gates=gates,
-        compliance=compliance_table(gates, list(results)),
+        compliance=compliance_table(gates, {name: r.check for name, r in results.items()}),
         verdict=verdict,  # type: ignore[arg-type]
         fail_on=(fail_on or plan.fail_on),  # type: ignore[arg-type]
     )
@@ -158,7 +172,7 @@ def _write_bundle(
 
 def bundle_subjects(out: Path, report: AuditReport) -> list[dict[str, Any]]:
     """Every file of the bundle (report, renderings, manifests, per-check results and
-    artifacts) plus the model's source files, each with its sha256."""
+    artifacts) plus the source files of the model and of every variant, each with its sha256."""
     from raigate.reports.attest import subject_for
 
     names = list(BUNDLE_FILES)
@@ -166,9 +180,10 @@ def bundle_subjects(out: Path, report: AuditReport) -> list[dict[str, Any]]:
         names.append(f"checks/{name}/result.json")
         names += result.artifacts
     subjects = [subject_for(out / n, n) for n in dict.fromkeys(names)]
-    for f in report.model.get("files", []):
-        subjects.append({"name": f"model:{f['path']}", "digest": {"sha256": f["sha256"]}})
-    return subjects
+    for described in (report.model, *report.models.values()):
+        for f in described.get("files", []):
+            subjects.append({"name": f"model:{f['path']}", "digest": {"sha256": f["sha256"]}})
+    return list({subj["name"]: subj for subj in subjects}.values())  # variants may share files
 
 
 def sign_bundle(out: Path, report: AuditReport, private_key: Any) -> Path:
@@ -183,6 +198,7 @@ def sign_bundle(out: Path, report: AuditReport, private_key: Any) -> Path:
             {"check": g["check"], "id": g["id"], "severity": g["severity"]} for g in report.gates
         ],
         "model_digest": report.model.get("digest"),
+        "variant_digests": {k: v.get("digest") for k, v in report.models.items()},
         "data_manifest_digest": report.data.get("manifest_digest"),
         "synthetic_data": bool(report.data.get("synthetic")),
         "raigate_version": report.environment.get("raigate"),

@@ -39,7 +39,12 @@ from raigate.errors import ConfigError, GateFailed
 __all__ = ["harden_smoothing_cmd", "register", "robustness_cmd"]
 
 # pydantic field -> the flag a user typed, for one-line errors
-_FLAGS = {"norms": "--norm", "certify_radii": "--radii", "smoothing_sigma": "--smoothing-sigma"}
+_FLAGS = {
+    "norms": "--norm",
+    "certify_radii": "--radii",
+    "smoothing_sigma": "--smoothing-sigma",
+    "smoothing_model": "--smoothing-model",
+}
 
 
 def make_params(cls: type, **values: Any) -> Any:
@@ -107,6 +112,14 @@ def robustness_cmd(
         float | None,
         typer.Option(
             "--smoothing-sigma", help="also attack and certify the smoothed model at this sigma"
+        ),
+    ] = None,
+    smoothing_model: Annotated[
+        str | None,
+        typer.Option(
+            "--smoothing-model",
+            help="smooth this model spec (a noise-trained variant from `raigate harden "
+            "smoothing`) instead of --model; attacks on the base rows still hit --model",
         ),
     ] = None,
     eot_samples: Annotated[
@@ -180,6 +193,7 @@ def robustness_cmd(
         pgd_restarts=pgd_restarts,
         pgd_step_size=pgd_step_size,
         smoothing_sigma=smoothing_sigma,
+        smoothing_model=smoothing_model,
         eot_samples=eot_samples,
         predict_n=predict_n,
         certify=certify,
@@ -223,9 +237,10 @@ def print_robustness(result: Any) -> None:
         cols.append("pgd_own_accuracy")
     typer.echo(format_table(m["attacks"], cols))
     if m.get("smoothed_vs_base"):
+        variant = f" of {p['smoothing_model']}" if p.get("smoothing_model") else ""
         typer.echo(
-            f"\nsmoothed vs base (sigma={p['smoothing_sigma']:g}; smoothed attacked with EOT "
-            f"m={p['eot_samples']}, predicted by majority vote of {p['predict_n']} draws):"
+            f"\nsmoothed{variant} vs base (sigma={p['smoothing_sigma']:g}; smoothed attacked with "
+            f"EOT m={p['eot_samples']}, predicted by majority vote of {p['predict_n']} draws):"
         )
         typer.echo(
             format_table(
@@ -315,9 +330,11 @@ def harden_smoothing_cmd(
     )
     typer.echo(f"digest  {res.digest}")
     typer.echo(f"wrote {res.model_spec}, {res.weights} and {res.record}")
+    original = f"{model_spec}" + (f" --weights {weights}" if weights else "")
     typer.echo(
-        f"next: raigate robustness --model {res.model_spec} --data {data_spec} "
-        f"--smoothing-sigma {sigma:g} --out DIR"
+        f"next: raigate robustness --model {original} --smoothing-model {res.model_spec} "
+        f"--data {data_spec} --smoothing-sigma {sigma:g} --out DIR   (attacks the original, "
+        "defends with the smoothed variant)"
     )
 
 

@@ -64,16 +64,22 @@ def _badge(severity: str) -> str:
     return f"<span class='badge' style='background:{color}'>{html.escape(severity.upper())}</span>"
 
 
-def _section(name: str, result: CheckResult, bundle: Path) -> str:
+def _section(name: str, result: CheckResult, bundle: Path, on: str = "model") -> str:
+    """One check table's section; ``on`` is the plan's name of the model it ran on."""
+    title = _TITLES.get(result.check, result.check)
+    if name != result.check:
+        title += f" · {name}"
     parts = [
-        f"<section id='check-{html.escape(name)}'><h2>{html.escape(_TITLES.get(name, name))}"
+        f"<section id='check-{html.escape(name)}'><h2>{html.escape(title)}"
         f" {_badge(result.verdict)}</h2>"
     ]
     data_note = " — <strong>SYNTHETIC data</strong>" if result.data.synthetic else ""
+    variant = "" if on == "model" else f"variant <strong>{html.escape(on)}</strong> "
     parts.append(
-        f"<p class='muted'>check <code>{html.escape(name)}</code>, data "
-        f"<code>{html.escape(result.data.spec)}</code>{data_note}, seed {result.seed}, "
-        f"{result.timing_s:.1f}s</p>"
+        f"<p class='muted'>check <code>{html.escape(result.check)}</code> on {variant}"
+        f"<code>{html.escape(result.model.spec)}</code> ({html.escape(result.model.digest[:19])}"
+        f"…), data <code>{html.escape(result.data.spec)}</code>{data_note}, seed "
+        f"{result.seed}, {result.timing_s:.1f}s</p>"
     )
     if result.findings:
         items = "".join(
@@ -130,6 +136,12 @@ code{background:#f6f8fa;padding:0 3px;border-radius:3px}
 """
 
 
+def _model_of(report: AuditReport, name: str) -> str:
+    """The plan's name of the model check table ``name`` ran on (``model``: the primary)."""
+    table = (report.plan.get("checks") or {}).get(name) or {}
+    return str(table.get("model", "model"))
+
+
 def render_html(report: AuditReport, bundle: Path) -> str:
     """One self-contained HTML page: verdict first, then each area, then compliance."""
     m, d = report.model, report.data
@@ -164,6 +176,10 @@ def render_html(report: AuditReport, bundle: Path) -> str:
             [
                 {"item": "model", "value": m.get("spec")},
                 {"item": "model digest (sha256 over weight tensors)", "value": m.get("digest")},
+                *(
+                    {"item": f"variant {k}", "value": f"{v.get('spec')} (digest {v.get('digest')})"}
+                    for k, v in report.models.items()
+                ),
                 {"item": "classes", "value": ", ".join(m.get("class_names", []))},
                 {"item": "input shape", "value": "x".join(map(str, m.get("input_shape", [])))},
                 {"item": "data", "value": d.get("spec")},
@@ -174,7 +190,7 @@ def render_html(report: AuditReport, bundle: Path) -> str:
         ),
     ]
     for name, result in report.checks.items():
-        body.append(_section(name, result, bundle))
+        body.append(_section(name, result, bundle, _model_of(report, name)))
     body.append(
         "<h2 id='compliance'>Compliance mapping</h2><p class='muted'>Each row says which "
         "clause a check's evidence is relevant to. References for reviewers, not legal "
@@ -229,6 +245,11 @@ def render_model_card(report: AuditReport, card: dict[str, Any]) -> str:
         if isinstance(m.get("num_parameters"), int)
         else "- Parameters: ?",
         f"- Owners: {card.get('owners') or unstated}",
+        *(
+            f"- Variant `{k}` audited alongside: `{v.get('spec')}` (weights digest "
+            f"`{v.get('digest')}`)"
+            for k, v in report.models.items()
+        ),
         "",
         "## Intended use",
         card.get("intended_use") or unstated,
@@ -245,10 +266,12 @@ def render_model_card(report: AuditReport, card: dict[str, Any]) -> str:
     )
     lines += ["", "## Metrics"]
     for name, result in report.checks.items():
+        on = _model_of(report, name)
+        label = name if on == "model" else f"{name}` on variant `{on}"
         for f in result.findings:
-            lines.append(f"- `{name}` · {f.id}: **{f.severity}** — {f.message}")
+            lines.append(f"- `{label}` · {f.id}: **{f.severity}** — {f.message}")
         if not result.findings:
-            lines.append(f"- `{name}`: reported without gates (see report.html)")
+            lines.append(f"- `{label}`: reported without gates (see report.html)")
     ev = report.checks.get("evaluate")
     lines += [
         "",
@@ -275,13 +298,25 @@ def render_model_card(report: AuditReport, card: dict[str, Any]) -> str:
                 f"{'–' if r['accuracy'] is None else format(r['accuracy'], '.4f')} |"
                 for r in per_attr
             ]
+    for name, result in report.checks.items():
+        on = _model_of(report, name)
+        if result.check != "evaluate" or on == "model":
+            continue
+        r = result.metrics
+        lines += [
+            "",
+            f"Variant `{on}` (`{name}`): clean accuracy {r.get('accuracy', float('nan')):.4f} "
+            f"(95% Wilson CI {r.get('accuracy_ci_low', float('nan')):.4f}–"
+            f"{r.get('accuracy_ci_high', float('nan')):.4f}, n={r.get('n')}).",
+        ]
     lines += [
         "",
         "Full tables per check are in report.html and report.json.",
         "",
         "## Ethical considerations",
     ]
-    if "fairness" not in report.checks:
+    kinds = {r.check for r in report.checks.values()}
+    if "fairness" not in kinds:
         lines.append("No fairness check was run in this audit; group disparities are not assessed.")
     else:
         lines.append("See the fairness findings above and the per-group tables in report.html.")
@@ -292,9 +327,7 @@ def render_model_card(report: AuditReport, card: dict[str, Any]) -> str:
         "- Every number holds for the data and settings named in report.json; "
         "re-audit after retraining or when the deployment population changes."
     )
-    missing = [
-        c for c in ("fairness", "robustness", "privacy", "explanations") if c not in report.checks
-    ]
+    missing = [c for c in ("fairness", "robustness", "privacy", "explanations") if c not in kinds]
     if missing:
         lines.append(f"- Not assessed in this audit: {', '.join(missing)}.")
     return "\n".join(lines) + "\n"
