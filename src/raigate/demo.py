@@ -1,13 +1,22 @@
 """``raigate demo``: the whole audit on built-in synthetic data, offline, in minutes.
 
-It trains the built-in demo model (``raigate.zoo:small_cnn``) on ``demo:train``, saves it
-as safetensors plus a reusable model spec, writes an audit plan (``demo-plan.toml``) with
-every check that is available, runs it on ``demo:test`` exactly as ``raigate audit``
-would, signs the bundle (with ``--key``, or a throwaway key pair it creates in the output
-folder and says so), verifies the signature offline and prints the verdict table.
+Stages (each announced as ``[demo k/6]``):
 
-The demo data carries a deliberately injected group disparity (see
-:mod:`raigate.data.demo`) so the audit has something real to find.
+1. load ``demo:train`` / ``demo:test`` (synthetic, with a deliberately injected group
+   disparity, see :mod:`raigate.data.demo`, so the audit has something real to find);
+2. train the demo model (``raigate.zoo:small_cnn``), save it as safetensors plus a model spec;
+3. harden: noise-train a copy at the smoothing sigma
+   (:func:`raigate.defenses.harden_smoothing`) so its randomized-smoothing defense predicts
+   instead of abstaining;
+4. retrain from scratch with DP-SGD to (epsilon=2, delta=1e-5)
+   (:func:`raigate.privacy.train_private`, GroupNorm variant of the same network), writing
+   its privacy ledger;
+5. audit: one plan (``demo-plan.toml``) covering the model and both variants: accuracy,
+   fairness and explanations of the model; attacks on the model against the smoothed
+   noise-trained variant, certified; accuracy, fairness and measured membership leakage of
+   the DP variant against its ledger's epsilon, next to the non-private model's leakage;
+6. sign (with ``--key``, or a throwaway key pair it makes in the output folder and says so)
+   and verify offline.
 """
 
 from __future__ import annotations
@@ -32,21 +41,42 @@ from raigate.zoo import small_cnn
 
 DEMO_FACTORY = "raigate.zoo:small_cnn"
 
-# The checks the demo runs and their parameters, sized to keep the whole demo within a few
-# minutes on 2 CPU cores. Gate thresholds are the checks' documented defaults.
+SMOOTHING_SIGMA = 0.25
+DP_EPSILON = 2.0
+DP_DELTA = 1e-5
+
+# The check tables of the demo plan (table name -> TOML body), sized to keep the whole demo
+# within a few minutes on 2 CPU cores. Gate thresholds are the checks' documented defaults.
 DEMO_CHECKS: dict[str, str] = {
     "evaluate": "min_accuracy = 0.85\n",
     "fairness": 'sensitive = ["race", "gender", "age"]\nintersections = [["race", "gender"]]\n',
     "explanations": "n_samples = 8\n",
-    # base and randomized-smoothing model under the same (EOT) attacks, plus CERTIFY
+    # attacks on the model as shipped vs the smoothed noise-trained variant, plus CERTIFY;
+    # L-inf (FGSM's classic setting) and L2 (the norm smoothing certifies) in two tables
     "robustness": (
         'attacks = ["fgsm", "pgd"]\nnorms = ["linf"]\n'
         "eps = [0.00392156862745098, 0.01568627450980392, 0.03137254901960784]\n"
-        "pgd_steps = 10\nmax_samples = 200\nsmoothing_sigma = 0.12\neot_samples = 4\n"
+        f"pgd_steps = 10\nmax_samples = 200\nsmoothing_sigma = {SMOOTHING_SIGMA}\n"
+        'smoothing_model = "smoothed"\neot_samples = 4\n'
         "predict_n = 32\ncertify_n = 1000\ncertify_n0 = 32\ncertify_max_samples = 100\n"
     ),
-    # membership leakage of the demo model: demo:train members vs demo:test non-members
+    "robustness_l2": (
+        'check = "robustness"\nattacks = ["fgsm", "pgd"]\nnorms = ["l2"]\n'
+        "eps = [0.5, 1.0, 2.0]\npgd_steps = 10\nmax_samples = 200\nlarge_eps_check = false\n"
+        f'smoothing_sigma = {SMOOTHING_SIGMA}\nsmoothing_model = "smoothed"\n'
+        "eot_samples = 4\npredict_n = 32\ncertify = false\n"
+    ),
+    # membership leakage of the non-private model: demo:train members vs demo:test
     "privacy": 'members = "demo:train"\nmembers_sample = 2000\nattacks = ["loss"]\n',
+    # the DP-SGD variant: its accuracy and group gaps, and its leakage against its ledger
+    "evaluate_private": 'check = "evaluate"\nmodel = "private"\nmin_accuracy = 0.85\n',
+    "fairness_private": (
+        'check = "fairness"\nmodel = "private"\nsensitive = ["race"]\nplots = false\n'
+    ),
+    "privacy_private": (
+        'check = "privacy"\nmodel = "private"\nmembers = "demo:train"\n'
+        'members_sample = 2000\nattacks = ["loss"]\nledger = "demo-private/ledger.json"\n'
+    ),
 }
 
 
@@ -62,6 +92,9 @@ class DemoRun:
     public_key: Path
     train_accuracy: float
     seconds: float
+    smoothed_spec: Path
+    private_spec: Path
+    ledger: Path
 
     @property
     def result(self) -> CheckResult:
@@ -73,12 +106,18 @@ class DemoRun:
         return self.out_dir / "checks" / "evaluate" / "result.json"
 
 
-def _plan_text(seed: int, checks_toml: dict[str, str]) -> str:
+def _plan_text(seed: int, checks_toml: dict[str, str], dp_epsilon: float = DP_EPSILON) -> str:
     checks = "".join(f"\n[checks.{name}]\n{body}" for name, body in checks_toml.items())
     return (
         "# written by `raigate demo`: run it again with `raigate audit demo-plan.toml --out DIR`\n"
         f'seed = {seed}\nfail_on = "fail"\n\n'
         '[model]\nspec = "demo-model.json"\n\n'
+        f"# noise-trained at sigma={SMOOTHING_SIGMA} for randomized smoothing (raigate harden "
+        "smoothing)\n"
+        '[models.smoothed]\nspec = "demo-smoothed/model.json"\n\n'
+        f"# retrained from scratch with DP-SGD to epsilon={dp_epsilon:g}, delta={DP_DELTA:g} "
+        "(raigate privacy train)\n"
+        '[models.private]\nspec = "demo-private/model.json"\n\n'
         '[data]\nspec = "demo:test"\n'
         f"{checks}\n"
         "[card]\n"
@@ -93,6 +132,9 @@ def run_demo(
     out_dir: str | Path,
     *,
     epochs: int = 8,
+    harden_epochs: int = 4,
+    dp_epochs: float = 10,
+    dp_epsilon: float = DP_EPSILON,
     seed: int = 0,
     key: str | Path | None = None,
     checks: dict[str, str] | None = None,
@@ -100,11 +142,14 @@ def run_demo(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> DemoRun:
-    """Train, save, audit, sign and verify the demo model; returns paths and outcome.
+    """Train, harden, retrain privately, audit, sign and verify; returns paths and outcome.
 
-    ``checks`` maps check names to their TOML parameter lines (default ``DEMO_CHECKS``).
+    ``checks`` maps check table names to their TOML bodies (default ``DEMO_CHECKS``).
     """
     checks = dict(DEMO_CHECKS if checks is None else checks)
+    from raigate.defenses import harden_smoothing
+    from raigate.models import load_model
+    from raigate.privacy import train_private
     from raigate.reports.attest import PUBLIC_KEY_NAME, generate_keys
 
     start = time.perf_counter()
@@ -113,10 +158,11 @@ def run_demo(
     train = load_data("demo:train")
     test = load_data("demo:test")
     echo(
-        f"[demo 1/4] data: {len(train)} train / {len(test)} test synthetic 3x32x32 images "
+        f"[demo 1/6] data: {len(train)} train / {len(test)} test synthetic 3x32x32 images "
         f"(task: {train.task}); SYNTHETIC, not real faces"
     )
 
+    echo(f"[demo 2/6] train the demo model ({DEMO_FACTORY}, {epochs} epochs) …")
     torch.manual_seed(seed)  # the initial weights too, so the same seed gives the same model
     net = small_cnn(num_classes=len(train.class_names))
     report = fit(
@@ -131,8 +177,8 @@ def run_demo(
         progress=progress,
     )
     echo(
-        f"[demo 2/4] trained {DEMO_FACTORY} for {epochs} epochs in {report.seconds:.1f}s "
-        f"(final train accuracy {report.accuracies[-1]:.3f})"
+        f"           trained in {report.seconds:.1f}s (final train accuracy "
+        f"{report.accuracies[-1]:.3f})"
     )
 
     weights = out / "demo-model.safetensors"
@@ -150,7 +196,42 @@ def run_demo(
         mean=[0.5] * 3,
         std=[0.5] * 3,
     )
-    plan_path = write_atomic(out / "demo-plan.toml", _plan_text(seed, checks))
+
+    echo(
+        f"[demo 3/6] harden: fine-tune a copy with Gaussian noise sigma={SMOOTHING_SIGMA:g} "
+        f"({harden_epochs} epochs) for randomized smoothing …"
+    )
+    hardened = harden_smoothing(
+        load_model(str(spec_path)), train, out / "demo-smoothed", sigma=SMOOTHING_SIGMA,
+        epochs=harden_epochs, lr=1e-3, batch_size=64, seed=seed, device=device,
+        progress=progress,
+    )  # fmt: skip
+    echo(
+        f"           noise-trained in {hardened.report.seconds:.1f}s (accuracy on noisy "
+        f"batches {hardened.report.accuracies[-1]:.3f}) -> {hardened.model_spec}"
+    )
+
+    echo(
+        f"[demo 4/6] DP-SGD: retrain {DEMO_FACTORY} (GroupNorm) from scratch to epsilon="
+        f"{dp_epsilon:g}, delta={DP_DELTA:g} ({dp_epochs:g} epochs, Opacus) …"
+    )
+    t0 = time.perf_counter()
+    _, ledger = train_private(
+        DEMO_FACTORY, train, kwargs={"num_classes": len(train.class_names), "norm": "group"},
+        mean=[0.5] * 3, std=[0.5] * 3, out_dir=out / "demo-private", epsilon=dp_epsilon,
+        delta=DP_DELTA, epochs=dp_epochs, batch_size=256, lr=0.5, seed=seed, device=device,
+        progress=progress,
+    )  # fmt: skip
+    private_spec = out / "demo-private" / "model.json"
+    ledger_path = out / "demo-private" / "ledger.json"
+    echo(
+        f"           spent epsilon={ledger.epsilon:.3f} (target {ledger.target_epsilon:g}, "
+        f"delta={ledger.delta:g}, "
+        f"{ledger.accountant.upper()} accountant; noise multiplier {ledger.noise_multiplier:.3f}, "
+        f"q={ledger.sample_rate:.4f}, {ledger.steps} steps, clip {ledger.max_grad_norm:g}) in "
+        f"{time.perf_counter() - t0:.1f}s -> {ledger_path}"
+    )
+    plan_path = write_atomic(out / "demo-plan.toml", _plan_text(seed, checks, dp_epsilon))
 
     if key is None:
         for stale in ("raigate.key", PUBLIC_KEY_NAME):
@@ -162,22 +243,28 @@ def run_demo(
         )
     else:
         public = Path(key).with_suffix(".pub")
-    echo(f"[demo 3/4] audit: {', '.join(checks)}")
+    echo(f"[demo 5/6] audit {plan_path.name}: {', '.join(checks)} …")
     outcome = run_audit(
         load_plan(plan_path), out, key=key, device=device, progress=progress, echo=echo
     )
-    echo(_disparity_line(outcome.report.checks["evaluate"]))
-    if "robustness" in outcome.report.checks:
-        for line in _ratio_lines(outcome.report.checks["robustness"]):
-            echo(line)
+    results = outcome.report.checks
+    if "evaluate" in results:
+        echo(_disparity_line(results["evaluate"]))
+    for result in results.values():
+        if result.check == "robustness":
+            for line in _ratio_lines(result):
+                echo(line)
+    for line in _privacy_lines(results):
+        echo(line)
     if public.is_file():
+        echo("[demo 6/6] verify the signed report offline …")
         v = verify_bundle(out, public)
         echo(
-            f"[demo 4/4] verify: signature OK, {len(v.checked)} signed files match "
+            f"           signature OK, {len(v.checked)} signed files match "
             f"(raigate verify {out} --key {public})"
         )
     else:
-        echo(f"[demo 4/4] verify skipped: no public key next to {key} ({public} missing)")
+        echo(f"[demo 6/6] verify skipped: no public key next to {key} ({public} missing)")
     return DemoRun(
         out_dir=out,
         model_spec=spec_path,
@@ -187,22 +274,80 @@ def run_demo(
         public_key=public,
         train_accuracy=report.accuracies[-1],
         seconds=time.perf_counter() - start,
+        smoothed_spec=hardened.model_spec,
+        private_spec=private_spec,
+        ledger=ledger_path,
     )
 
 
+def _privacy_lines(results: dict[str, CheckResult]) -> list[str]:
+    """What DP-SGD cost and bought: accuracy and measured leakage, private vs not."""
+    lines = []
+    ev, ev_dp = results.get("evaluate"), results.get("evaluate_private")
+    if ev is not None and ev_dp is not None:
+
+        def acc(r: CheckResult) -> str:
+            return (
+                f"{r.metric('accuracy'):.3f} [{r.metric('accuracy_ci_low'):.3f}, "
+                f"{r.metric('accuracy_ci_high'):.3f}]"
+            )
+
+        lines.append(
+            f"DP-SGD cost: test accuracy {acc(ev_dp)} private vs {acc(ev)} non-private "
+            f"(n={ev.metrics['n']}, Wilson 95%)"
+        )
+    gate = "fairness.accuracy_difference[race]"
+    gaps = [
+        next((f.value for f in r.findings if f.id == gate), None)
+        for r in (results.get("fairness"), results.get("fairness_private"))
+        if r is not None
+    ]
+    if len(gaps) == 2 and None not in gaps:
+        lines.append(
+            f"DP-SGD and the planted gap: race accuracy difference {gaps[1]:.3f} private vs "
+            f"{gaps[0]:.3f} non-private (best minus worst group, {gate})"
+        )
+    pr, pr_dp = results.get("privacy"), results.get("privacy_private")
+    if pr is not None and pr_dp is not None:
+        claimed = pr_dp.metrics.get("claimed_epsilon")
+        lines.append(
+            f"membership leakage (loss attack, {pr.metrics['n_members']} members vs "
+            f"{pr.metrics['n_non_members']} non-members): AUC {pr_dp.metric('auc'):.3f} private "
+            f"vs {pr.metric('auc'):.3f} non-private (0.5 = chance); empirical epsilon lower "
+            f"bound {pr_dp.metric('eps_lower'):.3f} private vs {pr.metric('eps_lower'):.3f} "
+            f"non-private (95%), claimed {claimed:.3f}"
+            if claimed is not None
+            else ""
+        )
+    return [line for line in lines if line]
+
+
 def _ratio_lines(result: CheckResult) -> list[str]:
-    """The smoothed/base robust-accuracy ratios, each labelled with its definition; printed
-    whatever they are (an undefended model that already resists a weak attack gives ~1)."""
+    """Undefended vs smoothed accuracy under the strongest attack run (PGD when present; all
+    rows are in the report), each line labelled with its definition and printed whatever it
+    says (a model that already resists a weak attack gives about 1x)."""
     rows = result.metrics.get("smoothed_vs_base") or []
+    p = result.params
+    rows = [r for r in rows if isinstance(rows, list) and r["attack"] != "clean"]
+    if any(r["attack"] == "pgd" for r in rows):
+        rows = [r for r in rows if r["attack"] == "pgd"]
+    defense = "smoothed noise-trained variant" if p.get("smoothing_model") else "smoothed"
     out = []
-    for r in rows if isinstance(rows, list) else []:
-        if r["attack"] == "clean":
-            continue
+    for r in rows:
+        name = f"PGD-{p['pgd_steps']}" if r["attack"] == "pgd" else r["attack"].upper()
+        ratio = "base 0" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         out.append(
-            f"smoothed/base accuracy under {r['attack'].upper()} {r['norm']} eps={r['eps_text']}: "
-            f"{r['smoothed_accuracy']:.3f}/{r['base_accuracy']:.3f} = {r['ratio']:.2f}x "
-            f"(sigma={r['sigma']}, EOT m={r['eot_samples']}, votes n={r['predict_n']}, "
-            f"{r['n']} images)"
+            f"{name} {r['norm']} eps={r['eps_text']}: undefended {r['base_accuracy']:.3f}, "
+            f"{defense} {r['smoothed_accuracy']:.3f} ({ratio}; sigma={r['sigma']}, EOT "
+            f"m={r['eot_samples']}, votes n={r['predict_n']}, {r['n']} images)"
+        )
+    cert = result.metrics.get("certification")
+    if isinstance(cert, list) and cert:
+        pts = ", ".join(f"r={c['radius']:g}: {c['certified_accuracy']:.2f}" for c in cert)
+        out.append(
+            f"certified accuracy (CERTIFY, L2 radius, sigma={p['smoothing_sigma']}, "
+            f"n={p['certify_n']}, alpha={p['alpha']}, {result.metrics['certified_n']} images): "
+            f"{pts}"
         )
     return out
 
