@@ -109,3 +109,29 @@ def test_csv_errors(tmp_path: Path) -> None:
     blank.write_text("path,label\na.png,\n")
     with pytest.raises(DataError, match="line 2, column 'label' is empty"):
         load_data(f"csv:{blank}")
+
+
+def test_csv_task_picks_the_label_column(tmp_path: Path) -> None:
+    for i in range(4):
+        write_png(tmp_path / f"{i}.png", i)
+    csv_path = tmp_path / "faces.csv"
+    csv_path.write_text(
+        "path,gender,race,label\n"
+        "0.png,Male,Black,x\n1.png,Female,White,y\n2.png,Female,Black,x\n3.png,Male,Indian,y\n"
+    )
+    data = load_data(f"csv:{csv_path}", task="gender")
+    assert data.task == "gender" and data.class_names == ("Female", "Male")
+    assert list(data.labels) == [1, 0, 0, 1]
+    # the task column stays an attribute (fairness groups by it); "label" is renamed
+    assert list(data.attributes["gender"]) == ["Male", "Female", "Female", "Male"]
+    assert list(data.attributes["race"]) == ["Black", "White", "Black", "Indian"]
+    assert list(data.attributes["csv_label"]) == ["x", "y", "x", "y"]
+    assert data.counts()["label"] == {"Female": 2, "Male": 2}
+    by_race = load_data(f"csv:{csv_path}", task="race")
+    assert by_race.class_names == ("Black", "Indian", "White")
+    default = load_data(f"csv:{csv_path}")
+    assert default.class_names == ("x", "y") and "label" not in default.attributes
+    with pytest.raises(DataError, match=r"missing column.*age.*--task age names the label"):
+        load_data(f"csv:{csv_path}", task="age")
+    with pytest.raises(ConfigError, match="path column cannot be the label"):
+        load_data(f"csv:{csv_path}", task="path")

@@ -152,7 +152,7 @@ class ImageFileDataset(Dataset):
 
 
 def check_single_task(scheme: str, task: str | None) -> None:
-    """Folder and CSV datasets carry one label; a ``task`` would otherwise be silently
+    """Folder datasets carry one label; a ``task`` would otherwise be silently
     ignored and the audit would claim to measure something it did not."""
     if task not in (None, "label"):
         raise ConfigError(
@@ -206,36 +206,52 @@ def load_folder(spec: str, target: str, task: str | None) -> Dataset:
 
 
 def load_csv(spec: str, target: str, task: str | None) -> Dataset:
-    """``csv:FILE``: columns ``path,label`` plus any attribute columns (kept as strings);
-    paths relative to the CSV's folder or absolute; class names are the sorted labels."""
-    check_single_task("csv", task)
+    """``csv:FILE``: columns ``path`` and the label plus any attribute columns (kept as
+    strings); paths relative to the CSV's folder or absolute; class names are the sorted
+    labels. The label is column ``label``, or the column ``task`` names (``--task gender``
+    on ``path,gender,race,age``), which then also stays an attribute, as FairFace's do, so
+    the fairness check can group by it; a ``label`` column beside another task becomes
+    attribute ``csv_label``."""
+    column = task or "label"
     if not target.strip():
         raise SpecError("csv: needs a file; use csv:FILE with columns path,label")
     csv_path = Path(target).expanduser()
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: CSV file not found; csv:FILE needs columns path,label")
     frame = read_label_csv(csv_path)
-    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if column == "path":
+        raise ConfigError(f"{csv_path}: --task path: the path column cannot be the label")
+    missing = [c for c in ("path", column) if c not in frame.columns]
     if missing:
-        raise DataError(
-            f"{csv_path}: missing column(s) {', '.join(missing)}; the CSV needs path,label "
-            f"(plus optional attribute columns) but has {', '.join(frame.columns)}"
+        how = (
+            "the CSV needs path,label (plus optional attribute columns)"
+            if task in (None, "label")
+            else f"--task {task} names the label column"
         )
-    for col in ("path", "label"):
+        raise DataError(
+            f"{csv_path}: missing column(s) {', '.join(missing)}; {how} but has "
+            f"{', '.join(frame.columns)}"
+        )
+    for col in ("path", column):
         empty = np.flatnonzero(frame[col].str.strip().to_numpy() == "")
         if empty.size:
             raise DataError(
                 f"{csv_path}: line {int(empty[0]) + 2}, column {col!r} is empty; every row "
                 "needs a path and a label"
             )
-    label_text = frame["label"].str.strip().to_numpy(dtype=object)
+    label_text = frame[column].str.strip().to_numpy(dtype=object)
     classes = sorted(set(label_text))
     index = {name: k for k, name in enumerate(classes)}
     labels = np.asarray([index[v] for v in label_text], dtype=np.int64)
     paths = [p.strip() for p in frame["path"]]
     attrs = frame.reset_index(drop=True).copy()
     attrs["path"] = paths
-    attrs = attrs.drop(columns=["label"])
+    if column == "label":
+        attrs = attrs.drop(columns=["label"])
+    else:
+        attrs[column] = label_text
+        if "label" in attrs.columns:  # "label" names the class counts in reports
+            attrs = attrs.rename(columns={"label": "csv_label"})
     root = csv_path.parent
     return ImageFileDataset(
         spec=spec,
