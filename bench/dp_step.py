@@ -18,14 +18,13 @@ first step (CPU has no allocator statistics like ``torch.cuda.max_memory_allocat
 from __future__ import annotations
 
 import multiprocessing as mp
-import resource
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from harness import Benchmark, Case
+from harness import Benchmark, Case, peak_rss_growth_kib
 from raigate.zoo import small_cnn
 
 BATCH = 128
@@ -108,19 +107,16 @@ def _step_fn(label: str, seed: int = 0) -> Callable[[], None]:
     return fast
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/statm") as fh:
-        pages = int(fh.read().split()[1])
-    return pages * resource.getpagesize() // 1024
-
-
 def _peak_growth(label: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    """Peak RSS over 3 steps minus the RSS before them (``harness.peak_rss_growth_kib``)."""
     torch.set_num_threads(1)
     fn = _step_fn(label)
-    before = _rss_kib()
-    for _ in range(3):
-        fn()
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+
+    def steps() -> None:
+        for _ in range(3):
+            fn()
+
+    queue.put(peak_rss_growth_kib(steps))
 
 
 def peak_memory_mib() -> dict[str, float]:

@@ -80,3 +80,32 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['items_per_s']:>10.0f}"
         )
     return "\n".join(lines)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_rss_growth_kib(fn: Callable[[], object]) -> int:
+    """Peak resident set during ``fn()`` minus the resident set just before it, in KiB.
+
+    The peak is reset first (``5`` into ``/proc/self/clear_refs``, Linux >= 4.0): plain
+    ``ru_maxrss`` would not do, because Linux carries the parent's high-water mark across
+    the fork+exec of a subprocess, so a small call in a child of a big parent shows no
+    growth at all. Without ``clear_refs`` it falls back to ``ru_maxrss`` (an upper bound on
+    the peak, so the growth can only be understated; said in the result's ``how``)."""
+    import resource
+
+    before = _status_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        fn()
+        return _status_kib("VmHWM") - before
+    except OSError:
+        fn()
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) - before

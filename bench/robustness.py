@@ -8,9 +8,9 @@
   vs the same raw reference, in a benchmark of its own (ART's large allocations slow
   whatever runs right after them in a round).
 * Peak memory of CERTIFY at n = 100,000 on one 3x32x32 image, ours (also at n = 10,000, to
-  show it does not grow with n) vs ART, each measured in a fresh subprocess as the growth
-  of ``ru_maxrss`` (peak resident set) over the same process just before the call (model
-  built, a small warm-up certify done).
+  show it does not grow with n) vs ART, each measured in a fresh subprocess as the peak
+  resident set during the call minus the resident set just before it (model built, a
+  small warm-up certify done; ``harness.peak_rss_growth_kib``).
 
 ``python bench/robustness.py --peak ours|art [--n N]`` runs one memory measurement.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness import Benchmark, Case
+from harness import Benchmark, Case, peak_rss_growth_kib
 from raigate import wrap
 from raigate.attacks import fgsm, to_art_classifier
 from raigate.defenses import SmoothedClassifier
@@ -162,15 +161,14 @@ def peak(which: str, n: int = PEAK_N, batch: int = 1000) -> dict[str, float]:
         def call() -> None:
             art.certify(x.numpy(), n, batch)
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    call()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"before_mb": round(before, 1), "after_mb": round(after, 1),
-            "growth_mb": round(after - before, 1)}  # fmt: skip
+    return {"growth_mb": round(peak_rss_growth_kib(call) / 1024, 1)}
 
 
 def _peaks() -> dict[str, Any]:
-    out: dict[str, Any] = {"how": "ru_maxrss growth over one certify call, own subprocess"}
+    out: dict[str, Any] = {
+        "how": "peak RSS (VmHWM, reset just before) minus RSS before one certify call, "
+        "own subprocess"
+    }
     for which, n in (("ours", 10_000), ("ours", PEAK_N), ("art", PEAK_N)):
         res = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--peak", which, "--n", str(n)],
