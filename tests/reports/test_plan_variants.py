@@ -131,6 +131,17 @@ def test_checks_run_on_the_model_they_name(bundle: tuple[Path, Path, Path]) -> N
     assert 'name="evaluate_twin"' in (out / "junit.xml").read_text()
     page = (out / "report.html").read_text()
     assert "variant <strong>twin</strong>" in page and "Accuracy · evaluate_twin" in page
+    # the at-a-glance table: one line per check table with its model and key numbers
+    glance = page[page.index("id='glance'") : page.index("<h2>Gates</h2>")]
+    acc = checks["evaluate_twin"]["metrics"]["accuracy"]
+    assert "<code>evaluate_twin</code></td><td>twin</td>" in glance
+    assert f"accuracy {acc:.3f} (95% CI" in glance
+    assert "model + twin (smoothed)" in glance
+    smoothed = [r for r in rob["metrics"]["smoothed_vs_base"] if r["attack"] == "pgd"][-1]
+    assert (
+        f"{smoothed['base_accuracy']:.3f} undefended, {smoothed['smoothed_accuracy']:.3f} with "
+        "randomized smoothing" in glance
+    )
     assert "Variant `twin` audited alongside" in (out / "model-card.md").read_text()
 
 
@@ -158,7 +169,9 @@ def test_variant_weights_are_signed_and_tampering_is_named(
         assert res.exit_code == 1 and "model.safetensors" in res.output, res.output
     finally:
         shutil.copy(saved, weights)
-    assert runner.invoke(app, ["verify", str(out), "--key", str(pub)]).exit_code == 0
+    res = runner.invoke(app, ["verify", str(out), "--key", str(pub)])
+    assert res.exit_code == 0, res.output
+    assert f"variant twin signed: {report['models']['twin']['digest']}" in res.output
 
 
 @pytest.mark.parametrize(

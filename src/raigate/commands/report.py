@@ -128,6 +128,8 @@ def verify_cmd(
         f"verdict signed: {str(pred.get('verdict', '?')).upper()}, model "
         f"{pred.get('model_digest')}, data {pred.get('data_manifest_digest')}"
     )
+    for name, digest in (pred.get("variant_digests") or {}).items():
+        typer.echo(f"variant {name} signed: {digest}")
 
 
 def register(app: typer.Typer) -> None:

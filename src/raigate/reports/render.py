@@ -122,11 +122,72 @@ def _section(name: str, result: CheckResult, bundle: Path, on: str = "model") ->
     return "".join(parts)
 
 
+def _worst(result: CheckResult) -> str:
+    """The most severe gate of a check, as ``id = value (threshold t)``."""
+    rank = {"pass": 0, "warn": 1, "fail": 2}
+    if not result.findings:
+        return "no gates"
+    f = max(result.findings, key=lambda f: rank[f.severity])
+    counts = {k: sum(g.severity == k for g in result.findings) for k in ("fail", "warn")}
+    tally = ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "all pass"
+    worst = "" if f.severity == "pass" else f"; worst {f.id} = {_fmt(f.value)}"
+    if worst and f.threshold is not None:
+        worst += f" (threshold {_fmt(f.threshold)})"
+    return f"{len(result.findings)} gates: {tally}{worst}"
+
+
+def headline(result: CheckResult) -> str:
+    """One sentence with the check's key numbers, for readers who will not open the tables;
+    every number also appears, with its definition, in the check's section."""
+    m = result.metrics
+
+    def num(key: str) -> float | None:
+        v = m.get(key)
+        return None if v is None or isinstance(v, list) else float(v)
+
+    if result.check in ("evaluate", "fairness") and num("accuracy") is not None:
+        text = (
+            f"accuracy {num('accuracy'):.3f} (95% CI {num('accuracy_ci_low'):.3f}–"
+            f"{num('accuracy_ci_high'):.3f}, n={m.get('n')})"
+        )
+        return text if result.check == "evaluate" else f"{text}; {_worst(result)}"
+    if result.check == "robustness":
+        rows = m.get("smoothed_vs_base") or []
+        base = [
+            r for r in (m.get("attacks") or []) if r["model"] == "base" and r["attack"] != "clean"
+        ]
+        if isinstance(rows, list) and rows:
+            r = max(
+                (r for r in rows if r["attack"] != "clean"),
+                key=lambda r: (r["eps"] or 0, r["attack"] == "pgd"),
+            )
+            return (
+                f"clean {num('clean_accuracy'):.3f}; under {r['attack'].upper()} {r['norm']} "
+                f"eps={r['eps_text']}: {r['base_accuracy']:.3f} undefended, "
+                f"{r['smoothed_accuracy']:.3f} with randomized smoothing (sigma={r['sigma']})"
+            )
+        if base:
+            r = min(base, key=lambda r: r["accuracy"])
+            return (
+                f"clean {num('clean_accuracy'):.3f}; lowest under attack {r['accuracy']:.3f} "
+                f"({r['attack'].upper()} {r['norm']} eps={r['eps_text']})"
+            )
+    if result.check == "privacy" and num("auc") is not None:
+        claimed = num("claimed_epsilon")
+        return (
+            f"membership inference AUC {num('auc'):.3f} (0.5 = chance); empirical epsilon "
+            f">= {num('eps_lower'):.3f}"
+            + (f" against a claimed {claimed:.3f}" if claimed is not None else ", no DP claim")
+        )
+    return _worst(result)
+
+
 _CSS = """
 body{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
 padding:0 1rem;color:#1f2328}
 h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;margin-top:2.5rem}
-table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:13px}
+table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:13px;display:block;
+max-width:100%;overflow-x:auto}
 td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left}th{background:#f6f8fa}
 .badge{color:#fff;border-radius:4px;padding:1px 7px;font-size:12px;font-weight:600}
 .muted{color:#57606a}.verdict{font-size:1.4rem;margin:1rem 0}
@@ -140,6 +201,28 @@ def _model_of(report: AuditReport, name: str) -> str:
     """The plan's name of the model check table ``name`` ran on (``model``: the primary)."""
     table = (report.plan.get("checks") or {}).get(name) or {}
     return str(table.get("model", "model"))
+
+
+def _models_used(report: AuditReport, name: str) -> str:
+    """The model a check table ran on, plus a variant it smoothed (robustness)."""
+    on = _model_of(report, name)
+    table = (report.plan.get("checks") or {}).get(name) or {}
+    extra = table.get("smoothing_model")
+    return f"{on} + {extra} (smoothed)" if extra else on
+
+
+def _glance(report: AuditReport) -> str:
+    rows = "".join(
+        f"<tr><td><a href='#check-{html.escape(name)}'>"
+        f"{html.escape(_TITLES.get(r.check, r.check).split(' (')[0])}</a></td>"
+        f"<td><code>{html.escape(name)}</code></td><td>{html.escape(_models_used(report, name))}"
+        f"</td><td>{_badge(r.verdict)}</td><td>{html.escape(headline(r))}</td></tr>"
+        for name, r in report.checks.items()
+    )
+    return (
+        "<table><thead><tr><th>area</th><th>check</th><th>model</th><th>verdict</th>"
+        f"<th>in one line</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def render_html(report: AuditReport, bundle: Path) -> str:
@@ -170,6 +253,8 @@ def render_html(report: AuditReport, bundle: Path) -> str:
         f"<div class='verdict' id='verdict'>Verdict: {_badge(report.verdict)} — gate policy "
         f"<code>fail_on={report.fail_on}</code>: <strong>{status}</strong></div>",
         synthetic,
+        "<h2 id='glance'>At a glance</h2><p class='muted'>One line per check; the sections "
+        "below give each number's definition, its tables and its caveats.</p>" + _glance(report),
         "<h2>Gates</h2>" + _table(gate_rows) if gate_rows else "<h2>Gates</h2><p>No gates.</p>",
         "<h2>What was audited</h2>"
         + _table(
