@@ -189,3 +189,36 @@ def test_fail_on_warn_policy() -> None:
     }
     assert AuditReport(**base, fail_on="fail").passed is True
     assert AuditReport(**base, fail_on="warn").passed is False
+
+
+def test_fail_on_warn_turns_a_warning_into_exit_1(tmp_path: Path) -> None:
+    """A gate that can only warn (too few samples per group to evaluate it): exit 0 under the
+    default policy, 1 with --fail-on warn or fail_on = "warn" in the plan; the CLI wins."""
+    warn_only = (
+        '[checks.fairness]\nsensitive = ["gender"]\nmin_group_size = 100000\nn_boot = 100\n'
+        '[checks.fairness.thresholds]\nselection_rate_ratio = "off"\n'
+        'equalized_odds_difference = "off"\n'
+    )
+    plan = write_plan(tmp_path, extra=warn_only)
+    res = runner.invoke(app, ["audit", str(plan), "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "verdict: WARN (fail_on=fail: PASSED)" in res.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    warns = [g["severity"] for g in report["gates"] if g["check"] == "fairness"]
+    assert warns and set(warns) == {"warn"}
+    assert 'failures="0"' in (tmp_path / "a" / "junit.xml").read_text()
+
+    res = runner.invoke(
+        app, ["audit", str(plan), "--out", str(tmp_path / "b"), "--fail-on", "warn"]
+    )
+    assert res.exit_code == 1, res.output
+    assert "verdict: WARN (fail_on=warn: FAILED)" in res.output
+    junit = (tmp_path / "b" / "junit.xml").read_text()
+    assert f'failures="{len(warns)}"' in junit and 'type="warn"' in junit
+
+    plan.write_text('fail_on = "warn"\n' + plan.read_text())
+    assert runner.invoke(app, ["audit", str(plan), "--out", str(tmp_path / "c")]).exit_code == 1
+    res = runner.invoke(
+        app, ["audit", str(plan), "--out", str(tmp_path / "d"), "--fail-on", "fail"]
+    )
+    assert res.exit_code == 0, res.output
