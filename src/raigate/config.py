@@ -96,7 +96,6 @@ PRIMARY = "model"
 """The name a check table uses for the plan's ``[model]``."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_RESERVED = ("check", "model")
 
 
 @dataclass(frozen=True)
@@ -194,10 +193,6 @@ class AuditPlan(BaseModel):
                     )
             out.append(CheckInstance(name=name, check=check, model=model, params=params))
         return out
-
-    def check_params(self) -> dict[str, Any]:
-        """Each check table's validated ``Params`` object by table name, in plan order."""
-        return {c.name: c.params for c in self.check_instances()}
 
 
 def _relative(base: Path, path: str) -> str:

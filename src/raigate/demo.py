@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from raigate._io import write_atomic
 from raigate.audit.runner import AuditOutcome, run_audit, verify_bundle
@@ -35,6 +34,8 @@ from raigate.config import load_plan
 from raigate.data import DEMO_DISPARITY, load_data
 from raigate.models.base import Normalize
 from raigate.models.loaders import write_model_spec
+from raigate.models.weights import save_safetensors
+from raigate.privacy.ledger import LEDGER_NAME
 from raigate.results import CheckResult
 from raigate.training import fit
 from raigate.zoo import small_cnn
@@ -44,6 +45,8 @@ DEMO_FACTORY = "raigate.zoo:small_cnn"
 SMOOTHING_SIGMA = 0.25
 DP_EPSILON = 2.0
 DP_DELTA = 1e-5
+SMOOTHED_DIR = "demo-smoothed"  # stage 3's output folder, [models.smoothed]
+PRIVATE_DIR = "demo-private"  # stage 4's output folder, [models.private]
 
 # The check tables of the demo plan (table name -> TOML body), sized to keep the whole demo
 # within a few minutes on 2 CPU cores. Gate thresholds are the checks' documented defaults.
@@ -75,7 +78,8 @@ DEMO_CHECKS: dict[str, str] = {
     ),
     "privacy_private": (
         'check = "privacy"\nmodel = "private"\nmembers = "demo:train"\n'
-        'members_sample = 2000\nattacks = ["loss"]\nledger = "demo-private/ledger.json"\n'
+        'members_sample = 2000\nattacks = ["loss"]\n'
+        f'ledger = "{PRIVATE_DIR}/{LEDGER_NAME}"\n'
     ),
 }
 
@@ -106,7 +110,10 @@ class DemoRun:
         return self.out_dir / "checks" / "evaluate" / "result.json"
 
 
-def _plan_text(seed: int, checks_toml: dict[str, str], dp_epsilon: float = DP_EPSILON) -> str:
+def _plan_text(
+    seed: int, checks_toml: dict[str, str], dp_epsilon: float, smoothed: str, private: str
+) -> str:
+    """The demo plan; ``smoothed``/``private``: the variants' model specs, relative to it."""
     checks = "".join(f"\n[checks.{name}]\n{body}" for name, body in checks_toml.items())
     return (
         "# written by `raigate demo`: run it again with `raigate audit demo-plan.toml --out DIR`\n"
@@ -114,10 +121,10 @@ def _plan_text(seed: int, checks_toml: dict[str, str], dp_epsilon: float = DP_EP
         '[model]\nspec = "demo-model.json"\n\n'
         f"# noise-trained at sigma={SMOOTHING_SIGMA} for randomized smoothing (raigate harden "
         "smoothing)\n"
-        '[models.smoothed]\nspec = "demo-smoothed/model.json"\n\n'
+        f'[models.smoothed]\nspec = "{smoothed}"\n\n'
         f"# retrained from scratch with DP-SGD to epsilon={dp_epsilon:g}, delta={DP_DELTA:g} "
         "(raigate privacy train)\n"
-        '[models.private]\nspec = "demo-private/model.json"\n\n'
+        f'[models.private]\nspec = "{private}"\n\n'
         '[data]\nspec = "demo:test"\n'
         f"{checks}\n"
         "[card]\n"
@@ -149,7 +156,7 @@ def run_demo(
     checks = dict(DEMO_CHECKS if checks is None else checks)
     from raigate.defenses import harden_smoothing
     from raigate.models import load_model
-    from raigate.privacy import train_private
+    from raigate.privacy.train import DPParams, run_private_training
     from raigate.reports.attest import PUBLIC_KEY_NAME, generate_keys
 
     start = time.perf_counter()
@@ -181,11 +188,7 @@ def run_demo(
         f"{report.accuracies[-1]:.3f})"
     )
 
-    weights = out / "demo-model.safetensors"
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(weights)
+    weights = save_safetensors(net, out / "demo-model.safetensors")
     spec_path = write_model_spec(
         out / "demo-model.json",
         factory=DEMO_FACTORY,
@@ -202,7 +205,7 @@ def run_demo(
         f"({harden_epochs} epochs) for randomized smoothing …"
     )
     hardened = harden_smoothing(
-        load_model(str(spec_path)), train, out / "demo-smoothed", sigma=SMOOTHING_SIGMA,
+        load_model(str(spec_path)), train, out / SMOOTHED_DIR, sigma=SMOOTHING_SIGMA,
         epochs=harden_epochs, lr=1e-3, batch_size=64, seed=seed, device=device,
         progress=progress,
     )  # fmt: skip
@@ -216,14 +219,18 @@ def run_demo(
         f"{dp_epsilon:g}, delta={DP_DELTA:g} ({dp_epochs:g} epochs, Opacus) …"
     )
     t0 = time.perf_counter()
-    _, ledger = train_private(
-        DEMO_FACTORY, train, kwargs={"num_classes": len(train.class_names), "norm": "group"},
-        mean=[0.5] * 3, std=[0.5] * 3, out_dir=out / "demo-private", epsilon=dp_epsilon,
-        delta=DP_DELTA, epochs=dp_epochs, batch_size=256, lr=0.5, seed=seed, device=device,
-        progress=progress,
+    private = run_private_training(
+        DEMO_FACTORY, train, DPParams.build(
+            epsilon=dp_epsilon, delta=DP_DELTA, epochs=dp_epochs, batch_size=256, lr=0.5,
+            seed=seed, device=device, progress=progress,
+        ),
+        kwargs={"num_classes": len(train.class_names), "norm": "group"},
+        mean=[0.5] * 3, std=[0.5] * 3, out_dir=out / PRIVATE_DIR,
     )  # fmt: skip
-    private_spec = out / "demo-private" / "model.json"
-    ledger_path = out / "demo-private" / "ledger.json"
+    ledger = private.ledger
+    assert private.spec_path is not None  # written: out_dir was given
+    private_spec = private.spec_path
+    ledger_path = out / PRIVATE_DIR / LEDGER_NAME
     echo(
         f"           spent epsilon={ledger.epsilon:.3f} (target {ledger.target_epsilon:g}, "
         f"delta={ledger.delta:g}, "
@@ -231,7 +238,16 @@ def run_demo(
         f"q={ledger.sample_rate:.4f}, {ledger.steps} steps, clip {ledger.max_grad_norm:g}) in "
         f"{time.perf_counter() - t0:.1f}s -> {ledger_path}"
     )
-    plan_path = write_atomic(out / "demo-plan.toml", _plan_text(seed, checks, dp_epsilon))
+    plan_path = write_atomic(
+        out / "demo-plan.toml",
+        _plan_text(
+            seed,
+            checks,
+            dp_epsilon,
+            hardened.model_spec.relative_to(out).as_posix(),
+            private_spec.relative_to(out).as_posix(),
+        ),
+    )
 
     if key is None:
         for stale in ("raigate.key", PUBLIC_KEY_NAME):
@@ -308,18 +324,16 @@ def _privacy_lines(results: dict[str, CheckResult]) -> list[str]:
             f"{gaps[0]:.3f} non-private (best minus worst group, {gate})"
         )
     pr, pr_dp = results.get("privacy"), results.get("privacy_private")
-    if pr is not None and pr_dp is not None:
-        claimed = pr_dp.metrics.get("claimed_epsilon")
+    claimed = pr_dp.metrics.get("claimed_epsilon") if pr_dp is not None else None
+    if pr is not None and pr_dp is not None and claimed is not None:
         lines.append(
             f"membership leakage (loss attack, {pr.metrics['n_members']} members vs "
             f"{pr.metrics['n_non_members']} non-members): AUC {pr_dp.metric('auc'):.3f} private "
             f"vs {pr.metric('auc'):.3f} non-private (0.5 = chance); empirical epsilon lower "
             f"bound {pr_dp.metric('eps_lower'):.3f} private vs {pr.metric('eps_lower'):.3f} "
             f"non-private (95%), claimed {claimed:.3f}"
-            if claimed is not None
-            else ""
         )
-    return [line for line in lines if line]
+    return lines
 
 
 def _ratio_lines(result: CheckResult) -> list[str]:

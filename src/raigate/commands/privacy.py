@@ -16,6 +16,7 @@ import typer
 from raigate.cli_common import (
     ClassNamesOpt,
     DeviceOpt,
+    LabelMapOpt,
     LimitOpt,
     MeanOpt,
     SampleOpt,
@@ -285,9 +286,7 @@ def audit_cmd(
         float | None, typer.Option("--max-auc", help="gate: exit 1 above this AUC")
     ] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="1 - confidence of the bound")] = 0.05,
-    label_map: Annotated[
-        Path | None, typer.Option("--label-map", help="JSON: model class -> data label")
-    ] = None,
+    label_map: LabelMapOpt = None,
     weights: WeightsOpt = None,
     class_names: ClassNamesOpt = None,
     mean: MeanOpt = None,

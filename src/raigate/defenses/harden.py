@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import save_file
 
 from raigate._io import write_atomic
 from raigate.data.base import Dataset
@@ -25,6 +24,7 @@ from raigate.errors import ConfigError
 from raigate.labels import align_classes
 from raigate.models.base import Model, module_tensors, state_digest
 from raigate.models.loaders import ModelSpecFile, write_model_spec
+from raigate.models.weights import save_safetensors
 from raigate.results import dumps
 from raigate.training import FitReport
 
@@ -117,11 +117,7 @@ def harden_smoothing(
     trained.to("cpu")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    weights = out / f"{name}.safetensors"
-    state = {k: v.detach().cpu().contiguous() for k, v in trained.net.state_dict().items()}
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(weights)
+    weights = save_safetensors(trained.net, out / f"{name}.safetensors")
     spec = write_model_spec(
         out / f"{name}.json",
         factory=factory,

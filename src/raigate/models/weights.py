@@ -28,7 +28,13 @@ from torch import Tensor, nn
 from raigate.errors import ModelLoadError
 from raigate.models._common import is_torchscript, one_line, zip_names
 
-__all__ = ["PICKLE_SUFFIXES", "SAFETENSORS_SUFFIXES", "apply_state_dict", "load_state_dict_file"]
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "SAFETENSORS_SUFFIXES",
+    "apply_state_dict",
+    "load_state_dict_file",
+    "save_safetensors",
+]
 
 SAFETENSORS_SUFFIXES = frozenset({".safetensors"})
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".th", ".bin", ".ckpt"})
@@ -36,6 +42,18 @@ PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".th", ".bin", ".ckpt"})
 # Where training scripts nest the state dict inside a checkpoint, most common first.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 _SHOW = 8
+
+
+def save_safetensors(net: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Write ``net``'s state dict (on CPU, contiguous) as safetensors, atomically: a hidden
+    temp file in the same folder, then a rename, so a crash never leaves half a file."""
+    from safetensors.torch import save_file
+
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, out)
+    return out
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:

@@ -935,14 +935,10 @@ def _train_baseline(
 
 def _save_model(out: Path, net: nn.Module, src: _Source, action: BatchNormAction) -> Path:
     """Weights as safetensors and a model spec that rebuilds the (folded/fixed) network."""
-    from safetensors.torch import save_file
-
     from raigate.models.loaders import write_model_spec
+    from raigate.models.weights import save_safetensors
 
-    weights = out / WEIGHTS_NAME
-    tmp = weights.with_name(f".{weights.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, weights)
+    weights = save_safetensors(net, out / WEIGHTS_NAME)
     return write_model_spec(
         out / SPEC_NAME,
         factory=SPEC_FACTORY,

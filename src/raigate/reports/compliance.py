@@ -41,19 +41,16 @@ def clauses_for(check: str) -> list[str]:
     return [*_BY_CHECK.get(check, ()), *_ALWAYS]
 
 
-def compliance_table(
-    gates: list[dict[str, Any]], checks: dict[str, str] | list[str]
-) -> list[dict[str, Any]]:
+def compliance_table(gates: list[dict[str, Any]], checks: dict[str, str]) -> list[dict[str, Any]]:
     """One record per (clause, check table): which gates evidence it and their worst severity.
 
-    ``checks`` maps each check table's name to the check it ran (a list means name = check).
+    ``checks`` maps each check table's name to the check it ran.
     A check with no gates still evidences its clauses (its tables are in the report); its
     status is ``"reported"``.
     """
-    kinds = dict(checks) if isinstance(checks, dict) else {c: c for c in checks}
     rank = {"pass": 0, "warn": 1, "fail": 2}
     rows: list[dict[str, Any]] = []
-    for name, kind in kinds.items():
+    for name, kind in checks.items():
         mine = [g for g in gates if g["check"] == name]
         worst = max(mine, key=lambda g: rank[g["severity"]])["severity"] if mine else "reported"
         for clause in clauses_for(kind):
