@@ -161,7 +161,7 @@ def test_pass_unreachable_is_said_for_small_groups() -> None:
     want = 0.05 + (a.family.critical + norm.ppf(0.8)) * blk.se.max()
     assert rg["detectable_gap_80"] == pytest.approx(want)
     (f,) = [f for f in a.findings if f.id == "fairness.accuracy_difference[race+gender]"]
-    assert "no audit at this n could pass" in f.message and "80% power" in f.message
+    assert "no audit of groups this small could pass" in f.message and "80% power" in f.message
 
 
 def test_maxt_helpers_hand_worked() -> None:

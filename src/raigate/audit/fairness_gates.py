@@ -208,9 +208,15 @@ class Gate:
     detectable: float  # the gap (ratio) that fails with POWER for the least precise contrast
     widest_half_width: float  # c * se_max on the test scale: a pass needs it below the margin
     margin: float
+    n_boot: int
+
+    @property
+    def pass_reachable(self) -> bool:
+        """Whether equal groups could pass at this n: the widest interval fits the margin."""
+        return self.widest_half_width < self.margin
 
 
-def decide(blocks: Sequence[Block], crit: float, alpha: float) -> Gate:
+def decide(blocks: Sequence[Block], crit: float, alpha: float, n_boot: int = 0) -> Gate:
     """fail / warn / pass for one gate; see the module docstring."""
     cands = [Contrast(b, k) for b in blocks for k in range(b.est.size)]
     t = np.array([c.block.t[c.k] for c in cands])
@@ -234,6 +240,7 @@ def decide(blocks: Sequence[Block], crit: float, alpha: float) -> Gate:
         detectable=margin + (crit + float(norm.ppf(POWER))) * float(se.max()),
         widest_half_width=crit * float(se.max()),
         margin=margin,
+        n_boot=n_boot,
     )
 
 
@@ -285,7 +292,8 @@ def _pair_text(d: dict[str, Any], what: str, ratio: bool) -> str:
     high = f"{d['group_high']} ({d['value_high']:.3f}, n={d['n_high']})"
     if ratio:
         return f"{what} in {low} is {d['value']:.3f} of that in {high}"
-    return f"{what} of {low} is {d['value']:.3f} below {high}"
+    joint = "of" if d["rate"] == "accuracy" else "in"
+    return f"{what} {joint} {low} is {d['value']:.3f} below {high}"
 
 
 def _fmt(ci: Sequence[float]) -> str:
@@ -303,15 +311,10 @@ def gate_rows(
     """The summary rows and findings of one attribute spec's gates."""
     th, m, a = params.thresholds, params.min_group_size, params.alpha
     name = s.spec.name
-    level = f"{1 - a:.0%}"
-    small = (
-        f"{counts['groups_insufficient']} of {counts['groups']} groups have n<{m}: reported, "
-        "not gated"
-    )
-    calib = (
-        f"simultaneous {level} intervals by bootstrap max-T over all {family.size} between-group "
-        f"contrasts the check's gates examine, B={family.n_boot}, critical value "
-        f"{family.critical:.2f}"
+    small = f"{counts['groups_insufficient']} of {counts['groups']} groups have n<{m}, not gated"
+    method = (
+        f"bootstrap max-T over the check's {family.size} between-group contrasts, "
+        f"B={family.n_boot}, c={family.critical:.2f}; {small}"
     )
     rows: list[dict[str, Any]] = []
     findings: list[Finding] = []
@@ -348,13 +351,11 @@ def gate_rows(
                 )
             )  # fmt: skip
             continue
-        gate = decide(blocks, family.critical, a)
-        ratio = measure == "selection_rate_ratio"
+        gate = decide(blocks, family.critical, a, family.n_boot)
         rep = _describe(s, gate.reported, classes, family.critical)
         big = _describe(s, gate.largest, classes, family.critical)
         detectable = natural(measure, gate.detectable)
         half = natural(measure, gate.widest_half_width)
-        reachable = gate.widest_half_width < gate.margin
         row.update(
             {
                 **big,  # the measure itself: largest gap (lowest ratio), as fairlearn defines it
@@ -365,7 +366,7 @@ def gate_rows(
                 "family_size": family.size,
                 "critical_value": family.critical,
                 "detectable_gap_80": detectable,
-                "pass_reachable": reachable,
+                "pass_reachable": gate.pass_reachable,
             }
         )
         rows.append(row)
@@ -376,8 +377,10 @@ def gate_rows(
                 metric=measure,
                 value=big["value"],
                 threshold=threshold,
-                message=_message(name, gate, rep, threshold, ratio, detectable, half, reachable,
-                                 _rate_text(gate.reported, classes), calib, small),
+                message=_message(
+                    f"{name}: ", gate, rep, _rate_text(gate.reported, classes), threshold,
+                    f"{1 - a:.0%}", detectable, half, method,
+                ),
             )
         )  # fmt: skip
     return rows, findings
@@ -391,49 +394,45 @@ _NOUN = {
 
 
 def _message(
-    name: str,
+    head: str,
     gate: Gate,
     rep: dict[str, Any],
+    what: str,
     threshold: float,
-    ratio: bool,
+    level: str,
     detectable: float,
     half: float,
-    reachable: bool,
-    what: str,
-    calib: str,
-    small: str,
+    method: str,
 ) -> str:
-    """One finding's sentence: the decision, the pair behind it, the power, the method."""
+    """One finding's sentence: the decision and the pair behind it, then the power, then
+    how the interval was made."""
+    ratio = gate.reported.ratio
     noun = _NOUN[gate.reported.block.measure]
-    pair = _pair_text(rep, what, ratio)
-    p = f"adjusted p={gate.p_value:.2g}"
+    p = gate.p_value
+    p_text = f"adjusted p<{1 / gate.n_boot:.2g}" if p == 0 else f"adjusted p={p:.2g}"
+    ci = f"simultaneous {level} interval {_fmt(rep['ci'])}"
     power = (
         f"a {'ratio' if ratio else 'gap'} of {detectable:.3f} or {'less' if ratio else 'more'} "
         f"would fail with {POWER:.0%} power"
     )
+    pair = _pair_text(rep, what, ratio)
     if gate.severity == "fail":
         side = "below" if ratio else "above"
-        head = (
-            f"{name}: {pair}; its simultaneous interval {_fmt(rep['ci'])} lies entirely {side} "
-            f"the threshold {threshold:g} ({p})"
-        )
+        text = f"{pair}; {ci}, entirely {side} the threshold {threshold:g} ({p_text})"
     elif gate.severity == "pass":
-        head = (
-            f"{name}: every {noun} among the eligible groups lies within the threshold "
-            f"{threshold:g} by its simultaneous interval (the widest: {pair}, "
-            f"{_fmt(rep['ci'])}; {p}); {power}"
+        text = (
+            f"every {noun} between eligible groups is within the threshold {threshold:g} by "
+            f"its simultaneous {level} interval (widest: {pair}, {_fmt(rep['ci'])}); {power}"
         )
     else:
-        head = (
-            f"{name}: no {noun} is shown beyond the threshold {threshold:g} ({p}), nor is every "
-            f"one shown within it: {pair}, simultaneous interval {_fmt(rep['ci'])} straddles "
-            f"it; {power}"
+        text = (
+            f"no {noun} is shown beyond the threshold {threshold:g} ({p_text}), nor every one "
+            f"within it: {pair}, {ci} straddles it; {power}"
         )
-        if not reachable:
-            reach = f"reaches down to {half:.3f}" if ratio else f"is ±{half:.3f} wide"
-            head += (
-                f"; no audit at this n could pass: even for equal groups the widest "
-                f"simultaneous interval {reach}, beyond the threshold; collect more samples "
-                "per group"
+        if not gate.pass_reachable:
+            reach = f"reaches down to {half:.3f}" if ratio else f"is ±{half:.3f}"
+            text += (
+                f"; no audit of groups this small could pass: even for equal groups the widest "
+                f"simultaneous interval {reach}; collect more samples per group"
             )
-    return f"{head} ({calib}; {small})"
+    return f"{head}{text} ({method})"
