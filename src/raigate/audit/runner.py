@@ -204,13 +204,19 @@ def prepare_out_dir(out: Path, checks: Sequence[str] = ()) -> None:
         raise ConfigError(
             f"{out}: cannot create the report folder ({exc.strerror}); give another --out"
         ) from None
-    for path in _previous_run(out):
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    with contextlib.suppress(FileNotFoundError):
-        (out / "checks").rmdir()  # empty now; absent on a first run
+    try:
+        for path in _previous_run(out):
+            if path.is_dir():
+                shutil.rmtree(path)  # a listed check folder: never a symlink (checked)
+            else:
+                path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (out / "checks").rmdir()  # empty now; absent on a first run
+    except OSError as exc:
+        raise ConfigError(
+            f"{exc.filename or out}: cannot replace the earlier bundle ({exc.strerror}); "
+            "give another --out"
+        ) from None
     marker = {"format": "raigate audit bundle", "version": 1, "checks": sorted(checks)}
     write_atomic(out / MARKER, dumps(marker))
 
@@ -306,14 +312,11 @@ def _unsigned(out: Path, subjects: set[str]) -> str | None:
     extra = [n for n in bundle_listing(out) if n != ATTESTATION and n not in subjects]
     if not extra:
         return None
-    first = extra[0]
-    why = (
-        " (a temporary file left by an interrupted write)"
-        if _TMP.match(first.rsplit("/", 1)[-1])
-        else " (a symlink)"
-        if (out / first).is_symlink()
-        else ""
-    )
+    first, why = extra[0], ""
+    if (out / first).is_symlink():
+        why = " (a symlink)"
+    elif _TMP.match(first.rsplit("/", 1)[-1]):
+        why = " (a temporary file left by an interrupted write)"
     more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
     return f"{first}{why}: in {out} but not a signed subject{more}"
 
