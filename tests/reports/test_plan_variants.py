@@ -153,8 +153,10 @@ def test_variant_weights_are_signed_and_tampering_is_named(
     stmt = json.loads(base64.b64decode(envelope["payload"]))
     weights = (twin_spec.parent / "model.safetensors").resolve()
     subjects = {s["name"]: s["digest"]["sha256"] for s in stmt["subject"]}
-    name = next(n for n in subjects if n.startswith("model:") and n.endswith("model.safetensors"))
-    assert Path(name[len("model:") :]).resolve() == weights
+    # named relative to the plan's folder, which the predicate places relative to the bundle
+    name = "model:twin/model.safetensors"
+    assert stmt["predicate"]["plan_dir"] == ".."
+    assert (out / ".." / name[len("model:") :]).resolve() == weights
     assert subjects[name] == hashlib.sha256(weights.read_bytes()).hexdigest()
     report = json.loads((out / "report.json").read_text())
     assert stmt["predicate"]["variant_digests"] == {"twin": report["models"]["twin"]["digest"]}
