@@ -48,6 +48,7 @@ __all__ = [
     "BUILTIN_FACTORY_MODULES",
     "accepts_num_classes",
     "build_network",
+    "check_trust",
     "import_factory",
     "is_builtin_factory",
 ]
@@ -137,6 +138,14 @@ def _effective_origin(origin: str | None, trust_code: bool) -> str | None:
     return origin if origin is not None else _UNTRUSTED_ORIGIN.get()
 
 
+def check_trust(target: str, *, origin: str | None = None, trust_code: bool = False) -> None:
+    """Refuse, from the string alone, a factory an untrusted file names outside raigate's
+    own; loaders call it first so this refusal wins over any other complaint."""
+    untrusted = _effective_origin(origin, trust_code)
+    if untrusted is not None and not is_builtin_factory(target):
+        raise _refuse(target, untrusted)
+
+
 def import_factory(
     target: str, *, origin: str | None = None, trust_code: bool = False
 ) -> Callable[..., Any]:
@@ -148,10 +157,9 @@ def import_factory(
     where = origin or target
     if not FACTORY_RE.match(target):
         raise SpecError(f"factory {target!r} in {where!r} is not of the form pkg.module:factory")
+    check_trust(target, origin=origin, trust_code=trust_code)
     untrusted = _effective_origin(origin, trust_code)
     builtin = is_builtin_factory(target)
-    if untrusted is not None and not builtin:
-        raise _refuse(target, untrusted)
     module_name, attr = target.split(":")
     # raigate's own modules never come from the current directory.
     module = _import(module_name, where, from_cwd=not builtin)

@@ -56,7 +56,7 @@ from raigate.models._common import (
     zip_names,
 )
 from raigate.models.base import Capabilities, Model, module_tensors, state_digest
-from raigate.models.factories import build_network
+from raigate.models.factories import build_network, check_trust
 from raigate.models.specs import _FACTORY_RE, ModelLoader, ModelOptions
 from raigate.models.weights import apply_state_dict, load_state_dict_file
 
@@ -137,6 +137,7 @@ def load_factory(spec: str, target: str, options: ModelOptions) -> Model:
     takes one, so ``raigate.zoo:resnet20`` fits any number of class names. Named by the
     caller it is the caller's code; read from a plan (``spec_origin``) it follows the trust
     rules of :mod:`raigate.models.factories`."""
+    check_trust(target, origin=options.spec_origin, trust_code=options.trust_code)
     names = require_class_names(spec, options)
     shape = require_input_size(spec, options)
     _require_weights(spec, options.weights, options)
@@ -370,6 +371,8 @@ def load_json(spec: str, target: str, options: ModelOptions) -> Model:
     p = existing_file(target, "model spec file")
     doc = _read_spec_file(p)
     src = str(p)
+    # The spec file is data: its factory runs only if built in or trusted, never imported first.
+    check_trust(doc.factory, origin=src, trust_code=options.trust_code)
     same_or_conflict("class names", doc.class_names, options.class_names, src)
     same_or_conflict("input size", doc.input_shape, options.input_size, src)
     same_or_conflict("mean", doc.mean, options.mean, src)
@@ -387,7 +390,6 @@ def load_json(spec: str, target: str, options: ModelOptions) -> Model:
     names = tuple(doc.class_names) if doc.class_names else require_class_names(spec, options)
     shape = tuple(doc.input_shape) if doc.input_shape else require_input_size(spec, options)
     _require_weights(spec, weights, options)
-    # The spec file is data: its factory runs only if built in or trusted, never imported first.
     net = build_network(
         doc.factory, kwargs=doc.kwargs, num_classes=len(names), origin=src,
         trust_code=options.trust_code,
