@@ -163,6 +163,18 @@ def test_sys_path_is_restored_and_cwd_packages_do_not_shadow(cwd: Path) -> None:
     assert found is None or not str(found.origin).startswith(str(cwd))
 
 
+def test_a_factory_may_import_cwd_helpers_when_called(cwd: Path) -> None:
+    helper = f"trustmod_{uuid.uuid4().hex[:8]}"
+    (cwd / f"{helper}.py").write_text("from raigate.zoo import small_cnn as NET\n")
+    mod = f"trustmod_{uuid.uuid4().hex[:8]}"
+    (cwd / f"{mod}.py").write_text(
+        f"def build(num_classes=10):\n    import {helper}\n    return {helper}.NET(num_classes)\n"
+    )
+    before = list(sys.path)
+    model = load_model(f"{mod}:build", class_names=NAMES, input_size=(3, 32, 32), random_init=True)
+    assert model.num_classes == 3 and helper in sys.modules and sys.path == before
+
+
 # -- random init ---------------------------------------------------------------------------
 def test_factory_without_weights_is_refused_unless_random_init(cwd: Path) -> None:
     kw = {"class_names": NAMES, "input_size": (3, 32, 32)}
@@ -250,9 +262,11 @@ def test_hf_folder_never_runs_remote_code(tmp_path: Path) -> None:
     )  # fmt: skip
     transformers.ViTForImageClassification(config).save_pretrained(folder)
     marker = tmp_path / "remote.txt"
-    (folder / "evil.py").write_text(
+    (folder / "evil.py").write_text(  # subclasses: the control below must not alter ViT itself
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
-        "from transformers import ViTForImageClassification as EvilModel, ViTConfig as EvilConfig\n"
+        "from transformers import ViTConfig, ViTForImageClassification\n"
+        "class EvilConfig(ViTConfig):\n    model_type = 'evilnet'\n"
+        "class EvilModel(ViTForImageClassification):\n    config_class = EvilConfig\n"
     )
     cfg = json.loads((folder / "config.json").read_text())
     cfg["auto_map"] = {"AutoModelForImageClassification": "evil.EvilModel"}

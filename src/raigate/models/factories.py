@@ -35,6 +35,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -93,17 +94,18 @@ def _refuse(target: str, origin: str) -> SpecError:
 
 
 @contextlib.contextmanager
-def _cwd_importable() -> Iterator[str]:
-    """The current directory first on ``sys.path`` for one import, as ``python -m`` has it
-    (a console script does not), then taken off again: a ``captum/`` folder where the user
-    happens to stand must not replace the real package for the rest of the run."""
-    cwd = os.getcwd()
-    added = cwd not in sys.path
+def _cwd_importable(enabled: bool = True) -> Iterator[None]:
+    """The current directory first on ``sys.path`` while user code is imported and called, as
+    ``python -m`` has it (a console script does not), then taken off again: a ``captum/``
+    folder where the user happens to stand must not replace the real package for the rest of
+    the run. Modules imported meanwhile stay imported, as any import does."""
+    cwd = os.getcwd() if enabled else ""
+    added = enabled and cwd not in sys.path
     if added:
         sys.path.insert(0, cwd)
-    importlib.invalidate_caches()
+        importlib.invalidate_caches()
     try:
-        yield cwd
+        yield
     finally:
         if added:
             with contextlib.suppress(ValueError):
@@ -111,15 +113,14 @@ def _cwd_importable() -> Iterator[str]:
 
 
 def _import(module_name: str, origin: str, *, from_cwd: bool) -> Any:
-    scope = _cwd_importable() if from_cwd else contextlib.nullcontext(os.getcwd())
     try:
-        with scope as cwd:
+        with _cwd_importable(from_cwd):
             return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
             raise SpecError(
                 f"cannot import module {module_name!r} for model spec {origin!r}: not found in "
-                f"the current directory ({cwd}) or on PYTHONPATH"
+                f"the current directory ({Path.cwd()}) or on PYTHONPATH"
             ) from e
         raise SpecError(
             f"importing {module_name!r} for model spec {origin!r} failed: {one_line(e)}"
@@ -207,7 +208,9 @@ def build_network(
     shown = ", ".join(f"{k}={v!r}" for k, v in kw.items())
     token = _UNTRUSTED_ORIGIN.set(_effective_origin(origin, trust_code))
     try:
-        net = factory(**kw)
+        # A user factory may import its helpers from cwd when called, not only at import.
+        with _cwd_importable(not is_builtin_factory(target)):
+            net = factory(**kw)
     except (SpecError, ModelLoadError):
         raise  # a nested factory's own refusal or failure already says what to do
     except Exception as e:
