@@ -105,7 +105,7 @@ def models_inspect(
         typer.echo(dumps(info), nl=False)
         return
     caps = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in info["capabilities"].items())
-    typer.echo(f"model        {model.label}  ({info['source']})")
+    typer.echo(f"model        {model.display_name}  ({info['source']})")
     typer.echo(f"classes      {len(info['class_names'])}: {', '.join(info['class_names'])}")
     typer.echo(
         f"input shape  {'x'.join(map(str, info['input_shape']))} (C x H x W, pixels in [0,1])"

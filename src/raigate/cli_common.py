@@ -248,7 +248,7 @@ def load_model_from_options(
     )
     if model.random_init:
         typer.echo(
-            f"raigate: warning: model {model.label}: no weights, a randomly initialised "
+            f"raigate: warning: model {model.display_name}: no weights, a randomly initialised "
             "network (--random-init); its results describe no trained model",
             err=True,
         )

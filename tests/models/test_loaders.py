@@ -85,7 +85,7 @@ def test_factory_from_cwd_gets_num_classes(user_module) -> None:
     assert model.files == [] and model.capabilities.conv
     assert not model.net.training
     assert model.random_init and model.describe()["random_init"] is True
-    assert model.label == f"{mod}:build (RANDOM INIT)"
+    assert model.display_name == f"{mod}:build (RANDOM INIT)"
 
 
 def test_factory_without_num_classes_must_fit(user_module) -> None:
@@ -109,7 +109,7 @@ def test_factory_with_weights_pt_and_safetensors_same_digest(tmp_path: Path) -> 
     b = load_model("raigate.zoo:resnet20", weights=st, **kw)
     expected = state_digest(module_tensors(net))
     assert a.digest == b.digest == expected
-    assert not a.random_init and a.describe()["random_init"] is False and a.label == a.spec
+    assert not a.random_init and a.describe()["random_init"] is False and a.display_name == a.spec
     assert a.files[0]["path"] == str(pt) and a.files[0]["bytes"] == pt.stat().st_size
     assert len(a.files[0]["sha256"]) == 64
     x = torch.rand(2, 3, 32, 32)

@@ -185,7 +185,7 @@ def test_factory_without_weights_is_refused_unless_random_init(cwd: Path) -> Non
     with pytest.raises(ModelLoadError, match="randomly initialised"):
         load_model(str(spec))
     model = load_model(str(spec), random_init=True)
-    assert model.random_init and model.label.endswith(" (RANDOM INIT)")
+    assert model.random_init and model.display_name.endswith(" (RANDOM INIT)")
     # Weights make it a trained model again, whatever the flag says.
     save_file(small_cnn(3).state_dict(), str(cwd / "w.safetensors"))
     with_weights = load_model(str(spec), weights=cwd / "w.safetensors", random_init=True)

@@ -99,11 +99,11 @@ def run_audit(
         )
     model = models[PRIMARY]
     echo(
-        f"audit: model {model.label} ({model.digest[:19]}…), data {data.spec} "
+        f"audit: model {model.display_name} ({model.digest[:19]}…), data {data.spec} "
         f"(n={len(data)}{', SYNTHETIC' if data.synthetic else ''})"
     )
     for name in plan.models:
-        echo(f"audit: variant {name}: {models[name].label} ({models[name].digest[:19]}…)")
+        echo(f"audit: variant {name}: {models[name].display_name} ({models[name].digest[:19]}…)")
 
     results: dict[str, CheckResult] = {}
     total = len(instances)

@@ -340,9 +340,9 @@ def harden_smoothing_cmd(
     )  # fmt: skip
     rep = res.report
     typer.echo(
-        f"trained {model.label} with Gaussian noise sigma={sigma:g} for {epochs} epoch(s) on "
-        f"{len(data)} images in {rep.seconds:.1f}s (accuracy on the noisy training batches, "
-        f"last epoch: {rep.accuracies[-1]:.4f}; loss {rep.losses[-1]:.4f})"
+        f"trained {model.display_name} with Gaussian noise sigma={sigma:g} for {epochs} "
+        f"epoch(s) on {len(data)} images in {rep.seconds:.1f}s (accuracy on the noisy training "
+        f"batches, last epoch: {rep.accuracies[-1]:.4f}; loss {rep.losses[-1]:.4f})"
     )
     typer.echo(f"digest  {res.digest}")
     typer.echo(f"wrote {res.model_spec}, {res.weights} and {res.record}")

@@ -202,7 +202,7 @@ class Model(nn.Module):
         return torch.device("cpu")
 
     @property
-    def label(self) -> str:
+    def display_name(self) -> str:
         """The spec as a person should read it: a random-init model says so."""
         return self.spec + (RANDOM_INIT_MARK if self.random_init else "")
 

@@ -23,7 +23,7 @@ JSON spec (or a plan) names runs only if it is raigate's own or trusted
 >>> _ = write_model_spec(spec, factory="raigate.zoo:small_cnn", class_names=["a", "b"],
 ...                      input_shape=(3, 32, 32))
 >>> model = load_model(str(spec), random_init=True)  # no weights: an untrained network
->>> model.class_names, model.label  # doctest: +ELLIPSIS
+>>> model.class_names, model.display_name  # doctest: +ELLIPSIS
 (('a', 'b'), '... (RANDOM INIT)')
 """
 
