@@ -76,6 +76,10 @@ class Finding(BaseModel):
     message: str
 
 
+RANDOM_INIT_MARK = " (RANDOM INIT)"
+"""Appended wherever a randomly initialised model's spec is shown to a person."""
+
+
 class ModelRef(BaseModel):
     """Which model was audited: the spec the user gave and the sha256 of its weights;
     ``random_init``: built without trained weights (``--random-init``), an untrained network."""

@@ -24,9 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from raigate.errors import ConfigError
-
-RANDOM_INIT_MARK = " (RANDOM INIT)"
-"""Appended wherever a randomly initialised model's spec is shown to a person."""
+from raigate.results import RANDOM_INIT_MARK
 
 
 @dataclass(frozen=True)

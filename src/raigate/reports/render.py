@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from raigate.results import AuditReport, CheckResult
+from raigate.results import RANDOM_INIT_MARK, AuditReport, CheckResult
 
 _MAX_ROWS = 200
 _BADGE = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "reported": "#57606a"}
@@ -66,7 +66,7 @@ def _badge(severity: str) -> str:
 
 def _shown(model: dict[str, Any]) -> str:
     """A model's spec as a reader sees it: an untrained network says so."""
-    return f"{model.get('spec')}{' (RANDOM INIT)' if model.get('random_init') else ''}"
+    return f"{model.get('spec')}{RANDOM_INIT_MARK if model.get('random_init') else ''}"
 
 
 def _section(name: str, result: CheckResult, bundle: Path, on: str = "model") -> str:
