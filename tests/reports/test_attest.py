@@ -26,6 +26,7 @@ def write_plan(tmp: Path, min_accuracy: float = 0.0, extra: str = "") -> Path:
 seed = 3
 [model]
 spec = "raigate.zoo:small_cnn"
+random_init = true
 [data]
 spec = "demo:test"
 limit = 64
@@ -211,7 +212,7 @@ def test_exit_codes_for_gates_and_bad_plans(tmp_path: Path) -> None:
     res = runner.invoke(app, ["audit", str(bad), "--out", str(tmp_path / "o3")])
     assert res.exit_code == 2 and "plan.toml: model: Field required" in res.output
     bad.write_text(
-        '[model]\nspec = "raigate.zoo:small_cnn"\n[data]\nspec = "demo"\n'
+        '[model]\nspec = "raigate.zoo:small_cnn"\nrandom_init = true\n[data]\nspec = "demo"\n'
         "[checks.evaluate]\nmin_accuracy = 2\n"
     )
     res = runner.invoke(app, ["audit", str(bad), "--out", str(tmp_path / "o4")])

@@ -33,7 +33,7 @@ never by index; a prediction of a model class the data lacks counts as an error.
 >>> import raigate
 >>> from raigate.audit import fairness
 >>> data = raigate.load_data("demo:test", limit=200)
->>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+>>> model = raigate.load_model("raigate.zoo:small_cnn", data=data, random_init=True)
 >>> params = fairness.FairnessParams(n_boot=200, progress=False, plots=False)
 >>> result = fairness.run(model, data, params)
 >>> sorted(result.table("by_group")["attribute"].unique())

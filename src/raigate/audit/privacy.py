@@ -11,7 +11,7 @@ non-member), TPR at FPR 0.1% and 1%, and an empirical epsilon lower bound at con
 >>> import raigate
 >>> from raigate.audit import privacy
 >>> data = raigate.load_data("demo:test", limit=40)
->>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+>>> model = raigate.load_model("raigate.zoo:small_cnn", data=data, random_init=True)
 >>> params = privacy.PrivacyParams(members="demo:train", members_limit=40,
 ...     attacks=["loss"], progress=False)
 >>> result = privacy.run(model, data, params)
@@ -235,7 +235,7 @@ def run(
         findings=findings,
         seed=params.seed,
         environment=collect_environment(params.device),
-        model=ModelRef(spec=model.spec, digest=model.digest),
+        model=ModelRef.of(model),
         data=DataRef(
             spec=non_members.spec,
             manifest_digest=non_members.manifest.digest,

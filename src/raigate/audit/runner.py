@@ -102,14 +102,17 @@ def run_audit(
             mean=m.mean,
             std=m.std,
             data=data,
+            trust_code=plan.trust_code,
+            random_init=m.random_init,
+            spec_origin=plan.source or "the audit plan",
         )
     model = models[PRIMARY]
     echo(
-        f"audit: model {model.spec} ({model.digest[:19]}…), data {data.spec} "
+        f"audit: model {model.display_name} ({model.digest[:19]}…), data {data.spec} "
         f"(n={len(data)}{', SYNTHETIC' if data.synthetic else ''})"
     )
     for name in plan.models:
-        echo(f"audit: variant {name}: {models[name].spec} ({models[name].digest[:19]}…)")
+        echo(f"audit: variant {name}: {models[name].display_name} ({models[name].digest[:19]}…)")
 
     results: dict[str, CheckResult] = {}
     total = len(instances)

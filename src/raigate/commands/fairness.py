@@ -19,10 +19,12 @@ from raigate.cli_common import (
     LabelMapOpt,
     LimitOpt,
     MeanOpt,
+    RandomInitOpt,
     SampleOpt,
     SeedOpt,
     StdOpt,
     TaskOpt,
+    TrustCodeOpt,
     WeightsOpt,
     format_table,
     handle_errors,
@@ -78,6 +80,8 @@ def fairness_cmd(
         ),
     ] = None,
     label_map: LabelMapOpt = None,
+    trust_code: TrustCodeOpt = False,
+    random_init: RandomInitOpt = False,
     weights: WeightsOpt = None,
     class_names: ClassNamesOpt = None,
     input_size: InputSizeOpt = None,
@@ -124,8 +128,9 @@ def fairness_cmd(
     )
     data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
     model = load_model_from_options(
-        model_spec, weights, class_names, input_size, mean, std, data=data
-    )
+        model_spec, weights, class_names, input_size, mean, std, data=data,
+        trust_code=trust_code, random_init=random_init,
+    )  # fmt: skip
     result = fairness.run(model, data, params, out_dir=out)
     path = result.write(out)
     print_fairness(result)

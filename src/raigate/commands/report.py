@@ -9,7 +9,13 @@ from typing import Annotated, Literal
 
 import typer
 
-from raigate.cli_common import DeviceOpt, format_table, handle_errors, resolve_device
+from raigate.cli_common import (
+    DeviceOpt,
+    TrustCodeOpt,
+    format_table,
+    handle_errors,
+    resolve_device,
+)
 from raigate.errors import GateFailed
 
 keys_app = typer.Typer(
@@ -49,16 +55,22 @@ def audit_cmd(
         ),
     ] = None,
     device: DeviceOpt = "auto",
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Run an audit plan and write report.json, report.html, model-card.md, junit.xml and
     (with --key) a signed attestation. Exit 0 when every gate passes, 1 when one fails.
-    --out must be new, empty or a bundle of an earlier run, which is emptied first."""
+    --out must be new, empty or a bundle of an earlier run, which is emptied first.
+    --trust-code does what the plan's trust_code = true does; untrained models are allowed
+    per model in the plan (random_init = true)."""
     from raigate.audit.runner import prepare_out_dir, run_audit
     from raigate.config import load_plan
 
     prepare_out_dir(out)  # before the plan is read: a bad plan leaves no old report behind
+    loaded = load_plan(plan)
+    if trust_code:
+        loaded = loaded.model_copy(update={"trust_code": True})
     outcome = run_audit(
-        load_plan(plan),
+        loaded,
         out,
         key=key,
         fail_on=fail_on,
