@@ -168,7 +168,7 @@ def print_fairness(result: Any) -> None:
                 "best": _named(r.get("group_high"), r.get("value_high")),
                 "gap": "-" if r.get("value") is None else f"{r['value']:.3f}",
                 "simultaneous CI": "-" if ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]",
-                "p": "-" if r.get("p_value") is None else f"{r['p_value']:.2g}",
+                "p": _p(r.get("p_value"), p["n_boot"]),
                 "detectable": "-"
                 if r.get("detectable_gap_80") is None
                 else f"{r['detectable_gap_80']:.3f}",
@@ -199,6 +199,13 @@ def print_fairness(result: Any) -> None:
         typer.echo("\nfindings:")
     for f in result.findings:
         typer.echo(f"[{f.severity.upper()}] {f.message}")
+
+
+def _p(value: float | None, n_boot: int) -> str:
+    """An adjusted p; 0 means no replicate reached it, i.e. below 1/B."""
+    if value is None:
+        return "-"
+    return f"<{1 / n_boot:.2g}" if value == 0 else f"{value:.2g}"
 
 
 def _num(v: float | None) -> str:
