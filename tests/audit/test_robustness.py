@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from pydantic import ValidationError
+from scipy.stats import binom
 from scipy.stats import norm as gaussian
 from statsmodels.stats.proportion import proportion_confint
 from torch import nn
@@ -23,6 +24,7 @@ from raigate.audit.robustness_gates import (
     CertifiedAccuracyRule,
     RobustAccuracyRule,
     decide,
+    detectable_shortfall,
 )
 from raigate.models.base import Normalize
 from raigate.training import fit
@@ -157,6 +159,12 @@ def test_gates_decide_as_an_independent_clopper_pearson_on_the_per_image_outcome
         "0.1=0.6",
     ]
     assert [g["n"] for g in res.metrics["gates"]] == [64, 64, 64, 24]
+    for g in res.metrics["gates"]:
+        shortfall = float(detectable_shortfall(g["n"], g["min"], alpha_each))
+        assert g["shortfall_80"] == pytest.approx(shortfall)
+        assert f"a FAIL is 80% likely once the true value is {shortfall:.3f} below" in (
+            found[g["gate"]].message
+        )
     assert res.verdict == "fail" and res.verdict_scope is None  # gated: no scope note
     assert res.verdict_label == "FAIL"
 
@@ -293,6 +301,12 @@ def test_gate_levels_hand_worked_against_statsmodels() -> None:
     assert [SEVERITIES[c] for c in codes] == ["fail", "warn", "pass", "pass", "warn"]
     assert los[0] == pytest.approx(lo) and his[0] == pytest.approx(hi)
     assert (los[3], his[4]) == (0.0, 1.0)  # k = 0 and k = n: the exact one-sided ends
+    # power, by brute force: the largest failing count, and P(FAIL) at min - shortfall
+    n, minimum = 64, 0.7
+    k_fail = max(k for k in range(n + 1) if proportion_confint(k, n, 0.05, "beta")[1] < minimum)
+    d = float(detectable_shortfall(n, minimum, 0.05))
+    assert binom.cdf(k_fail, n, minimum - d) == pytest.approx(0.8)
+    assert np.isnan(detectable_shortfall(50, 0.01, 0.05))  # 0 of 50 cannot fall below 1%
 
 
 def _simulate(p_true: np.ndarray, minimum: np.ndarray, n: int, sims: int, alpha: float, seed: int):
@@ -319,6 +333,10 @@ def test_gate_simulation_false_fail_rate_and_power() -> None:
     assert float((codes == 0).any(axis=1).mean()) <= alpha + slack
     power = _simulate(np.array([0.3, 0.4, 0.9]), minimum, n, sims, alpha, seed=1)
     assert float((power[:, 1] == 2).mean()) >= 0.9
+    # the power the finding states: at min - shortfall_80, FAIL in 80% of audits
+    d = float(detectable_shortfall(n, 0.6, alpha / 3))
+    at = _simulate(np.array([0.3, 0.6 - d, 0.9]), minimum, n, sims, alpha, seed=3)
+    assert abs(float((at[:, 1] == 2).mean()) - 0.8) <= 3 * np.sqrt(0.8 * 0.2 / sims)
     # and well above the minimum the gate passes (0.2 above at n=100)
     clear = _simulate(np.array([0.5, 0.8, 0.9]), np.array([0.3, 0.6, 0.0]), n, sims, alpha, 2)
     assert float((clear[:, :2] == 0).all(axis=1).mean()) >= 0.9

@@ -68,6 +68,7 @@ __all__ = [
     "check_robust_rules",
     "clopper_pearson_bounds",
     "decide",
+    "detectable_shortfall",
     "gate_findings",
     "match_eps",
     "parse_number",
@@ -296,12 +297,78 @@ def decide(
     return codes.astype(np.int64), lo, hi
 
 
-def _relation(severity: str) -> str:
-    return {
-        "fail": "lies wholly below",
-        "warn": "straddles",
-        "pass": "lies at or above",
-    }[severity]
+def detectable_shortfall(
+    n: np.ndarray | int, minimum: np.ndarray | float, alpha: float, power: float = 0.8
+) -> np.ndarray:
+    """How far below ``minimum`` the true accuracy must lie for the gate to FAIL with
+    probability ``power`` at sample size ``n``: the gate's power, exactly (binomial, no
+    simulation). NaN where no outcome at this n can FAIL (e.g. a minimum near 0).
+
+    FAIL means k <= k_fail, the largest count whose interval lies below the minimum, and
+    P(Bin(n, p) <= k) >= power exactly when p <= the ``1 - power`` quantile of
+    Beta(k + 1, n - k)."""
+    n_arr, min_arr = np.broadcast_arrays(np.asarray(n), np.asarray(minimum, dtype=np.float64))
+    out = np.full(n_arr.shape, np.nan)
+    for i in np.ndindex(n_arr.shape):
+        size, mn = int(n_arr[i]), float(min_arr[i])
+        k = np.arange(size + 1)
+        _, hi = clopper_pearson_bounds(k, size, alpha)
+        fails = np.flatnonzero(hi < mn)
+        if fails.size and fails[-1] < size:
+            out[i] = mn - float(beta_dist.ppf(1 - power, fails[-1] + 1, size - fails[-1]))
+        elif fails.size:
+            out[i] = 0.0
+    return out
+
+
+_RELATION = {"fail": "lies wholly below", "warn": "straddles", "pass": "lies at or above"}
+_BOUND = {
+    "robust_accuracy": "accuracy under an attack is an upper bound on true robust accuracy (a "
+    "stronger attack could lower it)",
+    "certified_accuracy": "certified accuracy is a lower bound on the smoothed model's accuracy "
+    "under any L2 perturbation within the radius (each certificate holds with probability "
+    "1 - CERTIFY's alpha)",
+}
+
+
+def _cases(
+    rules: Sequence[RobustAccuracyRule],
+    cert_rules: Sequence[CertifiedAccuracyRule],
+    rows: Sequence[Mapping[str, Any]],
+    certified: Mapping[float, tuple[int, int]],
+    cert_text: str,
+) -> list[tuple[str, str, int, int, float, str]]:
+    """(finding id, metric, successes, n, minimum, what was measured) per rule."""
+    by_key = {(r["model"], r["attack"], r["norm"], r["eps"]): r for r in rows}
+    cases = []
+    for r in rules:
+        row = by_key[r.key]
+        what = "the base model" if r.model == "base" else "the smoothed model (EOT attack)"
+        cases.append(
+            (
+                f"robustness.min_robust_accuracy[{r.text.rpartition('=')[0]}]",
+                "robust_accuracy",
+                int(row["correct"]),
+                int(row["n"]),
+                r.min,
+                f"{r.attack.upper()} {_NORM_TEXT[r.norm]} eps={_text(r.eps)} on {what}: "
+                "accuracy under attack is",
+            )
+        )
+    for c in cert_rules:
+        k, n = certified[c.radius]
+        cases.append(
+            (
+                f"robustness.min_certified_accuracy[r={c.radius:g}]",
+                "certified_accuracy",
+                k,
+                n,
+                c.min,
+                f"certified accuracy at L2 radius {c.radius:g} of the smoothed model "
+                f"({cert_text}) is",
+            )
+        )
+    return cases
 
 
 def gate_findings(
@@ -316,66 +383,37 @@ def gate_findings(
     """One ``gates`` record and one finding per rule. ``rows`` are the check's ``attacks``
     records (``correct`` of ``n``); ``certified`` maps each gated radius to (certified
     correctly, samples certified); ``cert_text`` names CERTIFY's settings for messages."""
-    m = len(rules) + len(cert_rules)
-    if m == 0:
+    cases = _cases(rules, cert_rules, rows, certified, cert_text)
+    if not cases:
         return [], []
+    m = len(cases)
     each = alpha / m
     level = f"{100 * (1 - each):.4g}%"
-    by_key = {(r["model"], r["attack"], r["norm"], r["eps"]): r for r in rows}
-    cases: list[tuple[str, str, int, int, float, str]] = []
-    for r in rules:
-        row = by_key[r.key]
-        what = "the base model" if r.model == "base" else "the smoothed model (EOT attack)"
-        cases.append(
-            (
-                f"robustness.min_robust_accuracy[{r.text.rpartition('=')[0]}]",
-                "robust_accuracy",
-                int(row["correct"]),
-                int(row["n"]),
-                r.min,
-                f"{r.attack.upper()} {_NORM_TEXT[r.norm]} eps={_text(r.eps)} on {what}: "
-                "accuracy under attack",
-            )
-        )
-    for c in cert_rules:
-        k, n = certified[c.radius]
-        cases.append(
-            (
-                f"robustness.min_certified_accuracy[r={c.radius:g}]",
-                "certified_accuracy",
-                k,
-                n,
-                c.min,
-                f"certified accuracy at L2 radius {c.radius:g} of the smoothed model ({cert_text})",
-            )
-        )
-    k_arr = np.array([c[2] for c in cases])
-    n_arr = np.array([c[3] for c in cases])
-    codes, lo, hi = decide(k_arr, n_arr, np.array([c[4] for c in cases]), each)
+    k, n, mins = (np.array([c[i] for c in cases]) for i in (2, 3, 4))
+    codes, lo, hi = decide(k, n, mins, each)
+    short = detectable_shortfall(n, mins, each)
     records: list[dict[str, Any]] = []
     findings: list[Finding] = []
-    for (fid, metric, k, n, minimum, say), code, a, b in zip(cases, codes, lo, hi, strict=True):
-        sev = SEVERITIES[code]
-        acc = k / n
-        bound = (
-            "accuracy under an attack is an upper bound on true robust accuracy (a stronger "
-            "attack could lower it)"
-            if metric == "robust_accuracy"
-            else "certified accuracy is a lower bound on the smoothed model's accuracy under any "
-            "L2 perturbation within the radius (each certificate holds with probability "
-            "1 - CERTIFY's alpha)"
+    for i, (fid, metric, ki, ni, mn, say) in enumerate(cases):
+        sev = SEVERITIES[codes[i]]
+        power = (
+            f"at n={ni} a FAIL is 80% likely once the true value is {short[i]:.3f} below the "
+            "minimum"
+            if np.isfinite(short[i])
+            else f"at n={ni} no outcome can FAIL this minimum"
         )
         findings.append(
             Finding(
                 id=fid,
                 severity=sev,  # type: ignore[arg-type]
                 metric=metric,
-                value=acc,
-                threshold=minimum,
+                value=ki / ni,
+                threshold=mn,
                 message=(
-                    f"{say} {acc:.4f} ({k} of n={n}); its {level} {INTERVAL} interval "
-                    f"[{a:.4f}, {b:.4f}] (Bonferroni: alpha={alpha:g} over m={m} gates) "
-                    f"{_relation(sev)} the minimum {minimum:g}: {sev.upper()}; {bound}"
+                    f"{say} {ki / ni:.4f} ({ki} of n={ni}); its {level} {INTERVAL} interval "
+                    f"[{lo[i]:.4f}, {hi[i]:.4f}] (Bonferroni: alpha={alpha:g} over m={m} gates) "
+                    f"{_RELATION[sev]} the minimum {mn:g}: {sev.upper()}; {_BOUND[metric]}; "
+                    f"{power}"
                 ),
             )
         )
@@ -383,14 +421,15 @@ def gate_findings(
             {
                 "gate": fid,
                 "metric": metric,
-                "correct": k,
-                "n": n,
-                "accuracy": acc,
-                "min": minimum,
+                "correct": ki,
+                "n": ni,
+                "accuracy": ki / ni,
+                "min": mn,
                 "confidence": 1 - each,
-                "ci_low": float(a),
-                "ci_high": float(b),
+                "ci_low": float(lo[i]),
+                "ci_high": float(hi[i]),
                 "severity": sev,
+                "shortfall_80": float(short[i]) if np.isfinite(short[i]) else None,
             }
         )
     return records, findings
@@ -410,5 +449,7 @@ def gate_params(rules: Sequence[Any], cert_rules: Sequence[Any], alpha: float) -
         "<= alpha/2",
         "bounds": "robust accuracy under an attack: upper bound on true robust accuracy; "
         "certified accuracy: lower bound (CERTIFY's alpha per sample)",
+        "shortfall_80": "per gate: how far below the minimum the true value must be for a FAIL "
+        "with probability 0.8 at this n (exact binomial)",
         "rules": [r.text for r in (*rules, *cert_rules)],
     }

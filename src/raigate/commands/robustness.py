@@ -265,7 +265,8 @@ def robustness_cmd(
     print_robustness(result)
     typer.echo(f"\nwrote {path}")
     if result.verdict == "fail":
-        raise GateFailed("; ".join(f.message for f in result.findings if f.severity == "fail"))
+        failed = [f.id for f in result.findings if f.severity == "fail"]
+        raise GateFailed(f"robustness FAIL: {', '.join(failed)} (see {path})")
 
 
 def print_robustness(result: Any) -> None:
