@@ -411,7 +411,8 @@ def gate_findings(
                 threshold=mn,
                 message=(
                     f"{say} {ki / ni:.4f} ({ki} of n={ni}); its {level} {INTERVAL} interval "
-                    f"[{lo[i]:.4f}, {hi[i]:.4f}] (Bonferroni: alpha={alpha:g} over m={m} gates) "
+                    f"[{lo[i]:.4f}, {hi[i]:.4f}] (Bonferroni: alpha={alpha:g} over m={m} "
+                    f"gate{'s' * (m > 1)}) "
                     f"{_RELATION[sev]} the minimum {mn:g}: {sev.upper()}; {_BOUND[metric]}; "
                     f"{power}"
                 ),
