@@ -175,6 +175,7 @@ def robustness_cmd(
         list[str] | None,
         typer.Option(
             "--min-robust-accuracy",
+            metavar="RULE",
             help="gate, repeatable: [smoothed:]ATTACK:NORM:EPS=MIN, e.g. pgd:linf:8/255=0.4 "
             "(FAIL when the whole Clopper-Pearson interval of that row's accuracy is below MIN)",
         ),
@@ -183,6 +184,7 @@ def robustness_cmd(
         list[str] | None,
         typer.Option(
             "--min-certified-accuracy",
+            metavar="RULE",
             help="gate, repeatable: RADIUS=MIN on CERTIFY's certified accuracy, e.g. 0.25=0.6 "
             "(needs --smoothing-sigma)",
         ),
@@ -190,7 +192,9 @@ def robustness_cmd(
     gate_alpha: Annotated[
         float,
         typer.Option(
-            "--gate-alpha", help="false-FAIL rate of the gates together (Bonferroni over them)"
+            "--gate-alpha",
+            help="error level of the gates together, Bonferroni over them: P(any false FAIL) "
+            "<= alpha/2",
         ),
     ] = 0.05,
     weights: WeightsOpt = None,
