@@ -106,6 +106,7 @@ def test_evaluate_writes_result_and_gates(tmp_path: Path) -> None:
         "evaluate",
         "--model",
         "raigate.zoo:small_cnn",
+        "--random-init",
         "--data",
         "demo:test",
         "--limit",
@@ -118,11 +119,14 @@ def test_evaluate_writes_result_and_gates(tmp_path: Path) -> None:
     assert doc["check"] == "evaluate" and doc["schema_version"] == "1"
     assert {"class", "n", "accuracy"} <= set(doc["metrics"]["per_class"][0])
     assert doc["data"]["synthetic"] is True and doc["metrics"]["n"] == 64
+    assert doc["model"]["random_init"] is True  # no weights: said in the result and on stderr
+    assert "raigate.zoo:small_cnn (RANDOM INIT): no weights" in out
     assert (out_dir / "predictions.csv").exists()
     code, out = invoke(
         "evaluate",
         "--model",
         "raigate.zoo:small_cnn",
+        "--random-init",
         "--data",
         "demo:test",
         "--limit",
@@ -166,6 +170,7 @@ def test_unreadable_image_names_the_file(tmp_path: Path, workers: str) -> None:
         "evaluate",
         "--model",
         "raigate.zoo:small_cnn",
+        "--random-init",
         "--data",
         f"csv:{f}",
         "--input-size",

@@ -129,7 +129,7 @@ def test_bad_input_exits_2_with_one_line(
     extra: list[str], needles: list[str], tmp_path: Path
 ) -> None:
     code, text = invoke(
-        "fairness", "--model", "raigate.zoo:small_cnn", "--input-size", "3,32,32",
+        "fairness", "--model", "raigate.zoo:small_cnn", "--random-init", "--input-size", "3,32,32",
         "--data", "demo:test", "--limit", "40", "--out", str(tmp_path / "o"), *extra,
     )  # fmt: skip
     assert_user_error(code, text, *needles)
@@ -139,7 +139,7 @@ def test_empty_split_exits_2(tmp_path: Path) -> None:
     (tmp_path / "val").mkdir()
     (tmp_path / "fairface_label_val.csv").write_text("file,age,gender,race,service_test\n")
     code, text = invoke(
-        "fairness", "--model", "raigate.zoo:small_cnn", "--input-size", "3,32,32",
+        "fairness", "--model", "raigate.zoo:small_cnn", "--random-init", "--input-size", "3,32,32",
         "--data", f"fairface:{tmp_path}:val", "--out", str(tmp_path / "o"),
     )  # fmt: skip
     assert_user_error(code, text, "fairface_label_val.csv", "no rows")

@@ -44,6 +44,7 @@ def hardened(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("harden")
     code, text = invoke(
         "harden", "smoothing", "--model", "raigate.zoo:small_cnn", "--data", "demo:train",
+        "--random-init",
         "--limit", "320", "--sigma", "0.25", "--epochs", "2", "--lr", "0.003",
         "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--device", "cpu", "--out", str(out),
     )  # fmt: skip
@@ -117,7 +118,7 @@ def test_smoothing_model_defends_with_the_variant_and_attacks_the_original(
         "--device", "cpu",
     ]  # fmt: skip
     code, text = invoke(
-        "robustness", "--model", "raigate.zoo:small_cnn", "--mean", "0.5,0.5,0.5",
+        "robustness", "--model", "raigate.zoo:small_cnn", "--random-init", "--mean", "0.5,0.5,0.5",
         "--std", "0.5,0.5,0.5", "--smoothing-model", str(hardened), *common,
         "--out", str(tmp_path / "variant"),
     )  # fmt: skip
@@ -156,13 +157,14 @@ def test_smoothing_model_must_match_classes(hardened: Path, tmp_path: Path) -> N
     label_map = tmp_path / "map.json"
     label_map.write_text('{"a": "female", "b": "male"}')
     code, out = invoke(
-        "robustness", "--model", "raigate.zoo:small_cnn", "--class-names", "a,b,c",
+        "robustness", "--model", "raigate.zoo:small_cnn", "--random-init", "--class-names", "a,b,c",
         "--data", "demo:test", "--limit", "4", "--label-map", str(label_map),
         "--smoothing-sigma", "0.25", "--smoothing-model", str(hardened), "--out", str(tmp_path),
     )  # fmt: skip
     assert_user_error(code, out, "smoothing model", "differ from the audited model's")
     code, out = invoke(
         "robustness", "--model", "raigate.zoo:small_cnn", "--data", "demo:test", "--limit", "4",
+        "--random-init",
         "--smoothing-model", str(hardened), "--out", str(tmp_path),
     )  # fmt: skip
     assert_user_error(code, out, "--smoothing-model needs --smoothing-sigma")
@@ -238,6 +240,7 @@ def test_bad_input_exits_2_with_one_line(
 ) -> None:
     code, out = invoke(
         "robustness", "--model", "raigate.zoo:small_cnn", "--data", "demo:test", "--limit", "4",
+        "--random-init",
         "--out", str(tmp_path), *args,
     )  # fmt: skip
     assert_user_error(code, out, *needles)
@@ -245,7 +248,15 @@ def test_bad_input_exits_2_with_one_line(
 
 
 def test_harden_bad_inputs(tmp_path: Path) -> None:
-    base = ["harden", "smoothing", "--model", "raigate.zoo:small_cnn", "--data", "demo:train"]
+    base = [
+        "harden",
+        "smoothing",
+        "--model",
+        "raigate.zoo:small_cnn",
+        "--random-init",
+        "--data",
+        "demo:train",
+    ]
     code, out = invoke(*base, "--limit", "4", "--sigma", "-0.5", "--out", str(tmp_path))
     assert_user_error(code, out, "--sigma must be > 0")
     code, out = invoke(

@@ -44,8 +44,8 @@ def test_demo_trains_evaluates_and_finds_the_planted_gap(tmp_path: Path) -> None
     # the bundle is signed with a throwaway key made in the folder, and verifies
     assert any("throwaway key pair" in line for line in lines)
     assert any("signature OK" in line for line in lines)
-    assert run.outcome.signed and (tmp_path / "attestation.dsse.json").is_file()
-    assert (tmp_path / "report.html").is_file()
+    assert run.outcome.signed and (tmp_path / "audit" / "attestation.dsse.json").is_file()
+    assert (tmp_path / "audit" / "report.html").is_file()
     # the fairness gate fails on the planted disparity and names the group
     gates = {g["id"]: g for g in run.outcome.report.gates if g["check"] == "fairness"}
     assert any(g["severity"] == "fail" and group in g["message"] for g in gates.values()), gates
@@ -116,7 +116,7 @@ def test_demo_audits_the_smoothed_and_private_variants(tmp_path: Path) -> None:
     # every model's weights are signed subjects
     import base64
 
-    envelope = json.loads((tmp_path / "attestation.dsse.json").read_text())
+    envelope = json.loads((run.bundle / "attestation.dsse.json").read_text())
     stmt = json.loads(base64.b64decode(envelope["payload"]))
     signed = {s["name"] for s in stmt["subject"] if s["name"].startswith("model:")}
     for spec in (run.model_spec, run.smoothed_spec, run.private_spec):

@@ -3,7 +3,7 @@ and seal the results into one signed, offline-verifiable report.
 
 >>> import raigate
 >>> data = raigate.load_data("demo:test", limit=4)
->>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+>>> model = raigate.load_model("raigate.zoo:small_cnn", data=data, random_init=True)
 >>> model.class_names == data.class_names
 True
 """

@@ -25,10 +25,12 @@ from raigate.cli_common import (
     LimitOpt,
     MeanOpt,
     ModelOpt,
+    RandomInitOpt,
     SampleOpt,
     SeedOpt,
     StdOpt,
     TaskOpt,
+    TrustCodeOpt,
     WeightsOpt,
     format_table,
     handle_errors,
@@ -88,9 +90,14 @@ def models_inspect(
     mean: MeanOpt = None,
     std: StdOpt = None,
     as_json: JsonOpt = False,
+    trust_code: TrustCodeOpt = False,
+    random_init: RandomInitOpt = False,
 ) -> None:
     """Print class names, input shape, parameter count, capabilities and the weights digest."""
-    model = load_model_from_options(spec, weights, class_names, input_size, mean, std)
+    model = load_model_from_options(
+        spec, weights, class_names, input_size, mean, std,
+        trust_code=trust_code, random_init=random_init,
+    )  # fmt: skip
     info = model.describe()
     if as_json:
         from raigate.results import dumps
@@ -98,7 +105,7 @@ def models_inspect(
         typer.echo(dumps(info), nl=False)
         return
     caps = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in info["capabilities"].items())
-    typer.echo(f"model        {info['spec']}  ({info['source']})")
+    typer.echo(f"model        {model.display_name}  ({info['source']})")
     typer.echo(f"classes      {len(info['class_names'])}: {', '.join(info['class_names'])}")
     typer.echo(
         f"input shape  {'x'.join(map(str, info['input_shape']))} (C x H x W, pixels in [0,1])"
@@ -176,6 +183,8 @@ def evaluate_cmd(
         typer.Option("--min-accuracy", help="gate: exit 1 when clean accuracy is below this"),
     ] = None,
     label_map: LabelMapOpt = None,
+    trust_code: TrustCodeOpt = False,
+    random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Clean accuracy overall, per class and per attribute value, with the confusion matrix."""
@@ -184,8 +193,9 @@ def evaluate_cmd(
 
     data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
     model = load_model_from_options(
-        model_spec, weights, class_names, input_size, mean, std, data=data
-    )
+        model_spec, weights, class_names, input_size, mean, std, data=data,
+        trust_code=trust_code, random_init=random_init,
+    )  # fmt: skip
     params = evaluate.EvaluateParams(
         batch_size=batch_size,
         workers=workers,

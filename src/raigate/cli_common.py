@@ -200,6 +200,23 @@ LabelMapOpt = Annotated[
     Path | None,
     typer.Option("--label-map", help="JSON file mapping model class names to data label names"),
 ]
+TrustCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="let a model spec file (or plan) import the Python factory it names even when it "
+        "is not one of raigate's own; only for files you trust, like transformers' "
+        "trust_remote_code (a --model pkg.module:factory you type yourself needs no flag)",
+    ),
+]
+RandomInitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--random-init",
+        help="allow a factory without weights: audit a randomly initialised (untrained) "
+        "network on purpose; every output then marks the model (RANDOM INIT)",
+    ),
+]
 
 
 def load_model_from_options(
@@ -210,10 +227,15 @@ def load_model_from_options(
     mean: str | None,
     std: str | None,
     data: Any = None,
+    *,
+    trust_code: bool = False,
+    random_init: bool = False,
 ) -> Any:
+    """``load_model`` from the shared options; a random-init model is announced on stderr
+    before any number is printed, whatever the command prints afterwards."""
     from raigate.models import load_model
 
-    return load_model(
+    model = load_model(
         spec,
         weights=weights,
         class_names=parse_names(class_names),
@@ -221,4 +243,13 @@ def load_model_from_options(
         mean=parse_floats(mean, "mean"),
         std=parse_floats(std, "std"),
         data=data,
+        trust_code=trust_code,
+        random_init=random_init,
     )
+    if model.random_init:
+        typer.echo(
+            f"raigate: warning: model {model.display_name}: no weights, a randomly initialised "
+            "network (--random-init); its results describe no trained model",
+            err=True,
+        )
+    return model

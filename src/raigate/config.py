@@ -5,10 +5,13 @@ parameters and the gate policy. ``raigate audit PLAN.toml`` runs it.
 
     seed = 0
     fail_on = "fail"              # or "warn": warnings stop CI too
+    # trust_code = true           # let the plan (and the spec files it names) import a
+                                  # factory outside raigate's own; only for plans you trust
 
     [model]
     spec = "demo-out/demo-model.json"   # any model spec; paths relative to this file
     # weights = "...", class_names = [...], input_size = [3, 32, 32], mean = [...], std = [...]
+    # random_init = true          # a factory without weights, audited untrained on purpose
 
     [data]
     spec = "demo:test"            # any data spec
@@ -67,6 +70,9 @@ class ModelSection(BaseModel):
     input_size: list[int] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    random_init: bool = Field(
+        False, description="a factory without weights is meant: audit an untrained network"
+    )
 
 
 class DataSection(BaseModel):
@@ -121,6 +127,11 @@ class AuditPlan(BaseModel):
 
     seed: int = 0
     fail_on: Literal["warn", "fail"] = "fail"
+    trust_code: bool = Field(
+        False,
+        description="import factories the plan or its spec files name outside raigate's own "
+        "(like transformers' trust_remote_code); plans come from others, so off by default",
+    )
     model: ModelSection
     models: dict[str, ModelSection] = Field(
         default_factory=dict, description="further models (variants) checks may name"

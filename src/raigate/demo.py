@@ -15,6 +15,7 @@ Stages (each announced as ``[demo k/6]``):
    fairness and explanations of the model; attacks on the model against the smoothed
    noise-trained variant, certified; accuracy, fairness and measured membership leakage of
    the DP variant against its ledger's epsilon, next to the non-private model's leakage;
+   the report bundle goes to ``audit/`` inside the output folder;
 6. sign (with ``--key``, or a throwaway key pair it makes in the output folder and says so)
    and verify offline.
 """
@@ -47,6 +48,7 @@ DP_EPSILON = 2.0
 DP_DELTA = 1e-5
 SMOOTHED_DIR = "demo-smoothed"  # stage 3's output folder, [models.smoothed]
 PRIVATE_DIR = "demo-private"  # stage 4's output folder, [models.private]
+AUDIT_DIR = "audit"  # stage 5's report bundle: a folder of its own, holding only signed files
 
 # The check tables of the demo plan (table name -> TOML body), sized to keep the whole demo
 # within a few minutes on 2 CPU cores. Gate thresholds are the checks' documented defaults.
@@ -106,8 +108,13 @@ class DemoRun:
         return self.outcome.report.checks["evaluate"]
 
     @property
+    def bundle(self) -> Path:
+        """The signed report bundle (``AUDIT_DIR`` inside the demo's folder)."""
+        return self.outcome.out_dir
+
+    @property
     def result_path(self) -> Path:
-        return self.out_dir / "checks" / "evaluate" / "result.json"
+        return self.bundle / "checks" / "evaluate" / "result.json"
 
 
 def _plan_text(
@@ -261,8 +268,9 @@ def run_demo(
         public = Path(key).with_suffix(".pub")
     echo(f"[demo 5/6] audit {plan_path.name}: {', '.join(checks)} …")
     outcome = run_audit(
-        load_plan(plan_path), out, key=key, device=device, progress=progress, echo=echo
-    )
+        load_plan(plan_path), out / AUDIT_DIR, key=key, device=device, progress=progress,
+        echo=echo,
+    )  # fmt: skip
     results = outcome.report.checks
     if "evaluate" in results:
         echo(_disparity_line(results["evaluate"]))
@@ -274,10 +282,10 @@ def run_demo(
         echo(line)
     if public.is_file():
         echo("[demo 6/6] verify the signed report offline …")
-        v = verify_bundle(out, public)
+        v = verify_bundle(outcome.out_dir, public)
         echo(
             f"           signature OK, {len(v.checked)} signed files match "
-            f"(raigate verify {out} --key {public})"
+            f"(raigate verify {outcome.out_dir} --key {public})"
         )
     else:
         echo(f"[demo 6/6] verify skipped: no public key next to {key} ({public} missing)")

@@ -77,13 +77,19 @@ class Finding(BaseModel):
     message: str
 
 
+RANDOM_INIT_MARK = " (RANDOM INIT)"
+"""Appended wherever a randomly initialised model's spec is shown to a person."""
+
+
 class ModelRef(BaseModel):
-    """Which model was audited: the spec the user gave and the sha256 of its weights."""
+    """Which model was audited: the spec the user gave and the sha256 of its weights;
+    ``random_init``: built without trained weights (``--random-init``), an untrained network."""
 
     model_config = ConfigDict(extra="allow")
 
     spec: str
     digest: str
+    random_init: bool = False
 
     @classmethod
     def of(cls, model: Any) -> ModelRef:
@@ -91,6 +97,7 @@ class ModelRef(BaseModel):
         return cls(
             spec=model.spec,
             digest=model.digest,
+            random_init=bool(getattr(model, "random_init", False)),
             class_names=list(model.class_names),
             input_shape=list(model.input_shape),
         )

@@ -82,7 +82,9 @@ def test_model_class_order_is_matched_by_name() -> None:
 def test_matches_independent_computation_on_demo_data(tmp_path) -> None:
     data = raigate.load_data("demo:test", sample=300, seed=1)
     torch.manual_seed(0)
-    model = raigate.load_model("raigate.zoo:small_cnn", data=data, mean=[0.5] * 3, std=[0.25] * 3)
+    model = raigate.load_model(
+        "raigate.zoo:small_cnn", data=data, mean=[0.5] * 3, std=[0.25] * 3, random_init=True
+    )
     r = evaluate.run(
         model, data, evaluate.EvaluateParams(progress=False, batch_size=64), out_dir=tmp_path
     )

@@ -15,6 +15,7 @@ from scipy.stats import binom, ks_2samp, norm
 
 import raigate
 from raigate.audit import fairness
+from raigate.audit import fairness_gates as fg
 from raigate.audit import fairness_stats as fs
 from raigate.data import DEMO_DISPARITY
 from raigate.data.base import Dataset
@@ -253,13 +254,22 @@ def test_all_groups_small_warns_instead_of_passing() -> None:
 
 
 def test_gate_rule_fail_warn_pass() -> None:
-    sev = fairness.ft._severity
-    assert sev(0.06, 0.2, 0.05, True) == "fail"
-    assert sev(0.01, 0.2, 0.05, True) == "warn"
-    assert sev(-0.01, 0.04, 0.05, True) == "pass"
-    assert sev(0.5, 0.7, 0.8, False) == "fail"
-    assert sev(0.7, 0.9, 0.8, False) == "warn"
-    assert sev(0.85, 1.1, 0.8, False) == "pass"
+    # one contrast d with se 0.01 and critical value 2: interval d ± 0.02 against margin 0.05
+    def block(d: float) -> fg.Block:
+        z = np.zeros(1)
+        b = fg.Block(0, "accuracy_difference", None, "accuracy", z, z, np.array([d]),
+                     np.array([0.01]), np.zeros((1, 1)), 0.05)  # fmt: skip
+        b.t = (np.abs(b.est) - b.margin) / b.se
+        b.p = fs.maxt_pvalues(np.full(100, 2.0), b.t)  # every replicate maximum is 2
+        return b
+
+    assert fg.decide([block(0.08)], 2.0, 0.05).severity == "fail"  # [0.06, 0.10] > 0.05
+    assert fg.decide([block(-0.08)], 2.0, 0.05).severity == "fail"  # either direction
+    assert fg.decide([block(0.06)], 2.0, 0.05).severity == "warn"  # [0.04, 0.08] straddles
+    assert fg.decide([block(0.02)], 2.0, 0.05).severity == "pass"  # [0.00, 0.04] within
+    gate = fg.decide([block(0.02), block(0.08)], 2.0, 0.05)  # one contrast fails the gate
+    assert gate.severity == "fail" and gate.reported.block.est[0] == 0.08
+    assert gate.p_value == 0.0 and fg.decide([block(0.06)], 2.0, 0.05).p_value == 1.0
 
 
 def test_ordinal_age_mae_and_off_by_one() -> None:

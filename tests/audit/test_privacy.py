@@ -85,3 +85,50 @@ def test_members_and_non_members_must_differ(overfit: raigate.Model) -> None:
 
 def test_registered_for_audit_plans() -> None:
     assert CHECKS["privacy"] == (privacy.run, privacy.PrivacyParams)
+
+
+def test_the_strongest_of_two_attacks_is_bounded_at_alpha_over_two(
+    overfit: raigate.Model,
+) -> None:
+    """Bonferroni over attacks: each attack's bound and AUC interval are taken at alpha / 2,
+    recomputed here from the attack's own scores with the library's primitives."""
+    from raigate.privacy.mia import auc_interval, empirical_epsilon, model_outputs
+
+    non_members = raigate.load_data("demo:test", limit=64, task=TASK)
+    params = privacy.PrivacyParams(
+        members="demo:train", members_limit=64, epsilon=0.5, max_auc=0.6, progress=False
+    )
+    result = privacy.run(overfit, non_members, params)
+    assert result.metrics["alpha_per_attack"] == pytest.approx(0.025)
+    members = raigate.load_data("demo:train", limit=64, task=TASK)
+    mo = model_outputs(overfit, members, progress=False)
+    no = model_outputs(overfit, non_members, progress=False)
+    loss = result.table("attacks").set_index("attack").loc["loss"]
+    alone = empirical_epsilon(-mo.loss, -no.loss, delta=1e-5, alpha=0.025, seed=0)
+    assert loss["eps_lower"] == pytest.approx(alone["eps_lower"])
+    # at alpha = 0.05 for one attack the bound is higher: the correction costs something
+    single = empirical_epsilon(-mo.loss, -no.loss, delta=1e-5, alpha=0.05, seed=0)
+    assert single["eps_lower"] >= alone["eps_lower"]
+    gate = next(f for f in result.findings if f.id == "privacy.membership_auc")
+    table = result.table("attacks").set_index("attack")
+    named = table.loc["loss" if "attack loss," in gate.message else "art_blackbox"]
+    # one-sided 0.025 on each side: the two-sided 95% Hanley-McNeil interval
+    lo, hi = auc_interval(named["auc"], named["n_members"], named["n_non_members"], 0.05)
+    assert f"[{lo:.4f}, {hi:.4f}]" in gate.message
+    assert "jointly over 2 attacks" in gate.message
+
+
+def test_auc_gate_three_levels_on_constructed_attacks() -> None:
+    from raigate.privacy.mia import AttackResult, auc_interval
+
+    def attack(auc: float, n: int) -> AttackResult:
+        return AttackResult("x", auc, {}, {"eps_lower": 0.0}, n, n)
+
+    lo, _ = auc_interval(0.75, 200, 200, 0.05)
+    assert lo > 0.6  # so 0.75 at n=200 is beyond 0.6 with confidence
+    assert privacy._auc_finding([attack(0.75, 200)], 0.6, 0.025, "").severity == "fail"
+    assert privacy._auc_finding([attack(0.62, 200)], 0.6, 0.025, "").severity == "warn"
+    assert privacy._auc_finding([attack(0.5, 5000)], 0.6, 0.025, "").severity == "pass"
+    # a second, weaker attack never rescues a failing one
+    two = [attack(0.5, 5000), attack(0.75, 200)]
+    assert privacy._auc_finding(two, 0.6, 0.0125, "").severity == "fail"

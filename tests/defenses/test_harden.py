@@ -32,7 +32,7 @@ def test_harden_with_classes_in_another_order(tmp_path: Path) -> None:
     # the model's output units are in the opposite order: training must follow the names
     model = raigate.load_model(
         "raigate.zoo:small_cnn", class_names=["Female", "Male"], input_size=(3, 32, 32),
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), random_init=True,
     )  # fmt: skip
     before = model.digest
     res = harden_smoothing(

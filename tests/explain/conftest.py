@@ -37,8 +37,9 @@ def trained_cnn() -> Model:
     """raigate.zoo:small_cnn trained for 2 epochs on 2,000 demo:train images (a few seconds);
     its test accuracy is asserted so the randomization test really runs on a trained model."""
     train = raigate.load_data("demo:train", limit=2000)
-    model = raigate.load_model("raigate.zoo:small_cnn", data=train)
+    model = raigate.load_model("raigate.zoo:small_cnn", data=train, random_init=True)
     fit(model.net, train, normalize=model.normalize, epochs=2, lr=3e-3, seed=0, progress=False)
+    model.random_init = False  # trained in place above: no longer an untrained network
     test = raigate.load_data("demo:test", limit=256)
     x = torch.stack([test[i][0] for i in range(len(test))])
     acc = float((model.predict(x).numpy() == test.labels).mean())

@@ -35,6 +35,7 @@ def test_explain_writes_result_and_figures(tmp_path: Path) -> None:
     out = tmp_path / "out"
     code, text = invoke(
         "explain", "--model", "raigate.zoo:small_cnn", "--data", "demo:test", "--limit", "40",
+        "--random-init",
         "--methods", "saliency,gradcam,integrated-gradients", "--out", str(out), *CHEAP,
     )  # fmt: skip
     assert code == 0, text
@@ -68,6 +69,7 @@ def test_bad_input_exits_2_with_one_line(
 ) -> None:
     code, text = invoke(
         "explain", "--model", "raigate.zoo:small_cnn", "--data", "demo:test", "--limit", "8",
+        "--random-init",
         "--out", str(tmp_path / "o"), *args,
     )  # fmt: skip
     assert_user_error(code, text, *needles)
@@ -77,6 +79,7 @@ def test_a_failed_sanity_gate_exits_1(tmp_path: Path) -> None:
     # a threshold no correlation can get below: every method "fails" the randomization test
     code, text = invoke(
         "explain", "--model", "raigate.zoo:small_cnn", "--data", "demo:test", "--limit", "8",
+        "--random-init",
         "--methods", "saliency", "--max-sanity-spearman", "-1", "--out", str(tmp_path / "o"),
         *CHEAP,
     )  # fmt: skip

@@ -77,21 +77,24 @@ def test_loader_registry_has_every_kind() -> None:
 # -- factory -------------------------------------------------------------------------------
 def test_factory_from_cwd_gets_num_classes(user_module) -> None:
     mod = user_module(NET_SOURCE)
-    model = load_model(f"{mod}:build", class_names=NAMES, input_size=(3, 16, 16))
+    model = load_model(f"{mod}:build", class_names=NAMES, input_size=(3, 16, 16), random_init=True)
     assert sys.modules[mod].CALLS == [3]
     assert model.class_names == NAMES and model.input_shape == (3, 16, 16)
     assert model.logits(torch.rand(4, 3, 16, 16)).shape == (4, 3)
     assert model.source == "factory" and model.spec == f"{mod}:build"
     assert model.files == [] and model.capabilities.conv
     assert not model.net.training
+    assert model.random_init and model.describe()["random_init"] is True
+    assert model.display_name == f"{mod}:build (RANDOM INIT)"
 
 
 def test_factory_without_num_classes_must_fit(user_module) -> None:
     mod = user_module(NET_SOURCE)
     names5 = tuple("abcde")
-    assert load_model(f"{mod}:fixed", class_names=names5, input_size=(3, 8, 8)).num_classes == 5
+    kw = {"input_size": (3, 8, 8), "random_init": True}
+    assert load_model(f"{mod}:fixed", class_names=names5, **kw).num_classes == 5
     with pytest.raises(ModelLoadError, match="outputs 5 logits but 3 class names"):
-        load_model(f"{mod}:fixed", class_names=NAMES, input_size=(3, 8, 8))
+        load_model(f"{mod}:fixed", class_names=NAMES, **kw)
 
 
 def test_factory_with_weights_pt_and_safetensors_same_digest(tmp_path: Path) -> None:
@@ -106,6 +109,7 @@ def test_factory_with_weights_pt_and_safetensors_same_digest(tmp_path: Path) -> 
     b = load_model("raigate.zoo:resnet20", weights=st, **kw)
     expected = state_digest(module_tensors(net))
     assert a.digest == b.digest == expected
+    assert not a.random_init and a.describe()["random_init"] is False and a.display_name == a.spec
     assert a.files[0]["path"] == str(pt) and a.files[0]["bytes"] == pt.stat().st_size
     assert len(a.files[0]["sha256"]) == 64
     x = torch.rand(2, 3, 32, 32)
@@ -126,7 +130,7 @@ def test_factory_weights_with_wrong_keys(tmp_path: Path) -> None:
 
 def test_factory_errors_name_module_and_option(user_module) -> None:
     mod = user_module(NET_SOURCE)
-    kw = {"class_names": NAMES, "input_size": (3, 8, 8)}
+    kw = {"class_names": NAMES, "input_size": (3, 8, 8), "random_init": True}
     with pytest.raises(SpecError, match=r"cannot import module 'no_such_mod_xyz'.*PYTHONPATH"):
         load_model("no_such_mod_xyz:build", **kw)
     with pytest.raises(SpecError, match=f"module '{mod}' .* has no attribute 'nope'"):
@@ -137,14 +141,17 @@ def test_factory_errors_name_module_and_option(user_module) -> None:
     with pytest.raises(SpecError, match=f"importing '{broken}'.*not_installed_pkg_xyz"):
         load_model(f"{broken}:build", **kw)
     with pytest.raises(SpecError, match="--class-names a,b"):
-        load_model(f"{mod}:build", input_size=(3, 8, 8))
+        load_model(f"{mod}:build", input_size=(3, 8, 8), random_init=True)
     with pytest.raises(SpecError, match="--input-size"):
-        load_model(f"{mod}:build", class_names=NAMES)
+        load_model(f"{mod}:build", class_names=NAMES, random_init=True)
 
 
 def test_factory_that_fails_on_the_input_size(user_module) -> None:
     with pytest.raises(ModelLoadError, match=r"fails on an input of shape \[2, 3, 64, 64\]"):
-        load_model("raigate.zoo:captum_cifar_net", class_names=NAMES, input_size=(3, 64, 64))
+        load_model(
+            "raigate.zoo:captum_cifar_net", class_names=NAMES, input_size=(3, 64, 64),
+            random_init=True,
+        )  # fmt: skip
 
 
 # -- TorchScript ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from raigate.privacy.mia import (
     tpr_at_fpr,
 )
 from raigate.privacy.train import PrivateTraining
+
+Runner = Callable[..., PrivateTraining]
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 20), (7, 20), (20, 20), (3, 1000)])
@@ -53,11 +56,16 @@ def test_empirical_epsilon_by_hand_on_separable_scores() -> None:
     assert same["eps_lower"] < 0.3
 
 
-def test_dp_model_bound_stays_below_its_epsilon(tiny_dp: PrivateTraining) -> None:
+def test_dp_model_bound_stays_below_its_epsilon(dp_runner: Runner) -> None:
+    # epsilon 1 on 96 members: low enough that 96 vs 96 scores could prove it broken
+    dp = dp_runner(epsilon=1.0)
     members = raigate.load_data("demo:train", limit=96)
+    delta = dp.ledger.delta
+    reachable = empirical_epsilon(np.ones(96), np.zeros(96), delta=delta)["eps_lower"]
+    assert reachable > dp.ledger.epsilon  # a perfect attack at this n would break the claim
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mo = model_outputs(tiny_dp.model, members, progress=False)
-        no = model_outputs(tiny_dp.model, raigate.load_data("demo:test", limit=96), progress=False)
-    res = score_attack("loss", -mo.loss, -no.loss, delta=tiny_dp.ledger.delta)
-    assert res.epsilon["eps_lower"] <= tiny_dp.ledger.epsilon
+        mo = model_outputs(dp.model, members, progress=False)
+        no = model_outputs(dp.model, raigate.load_data("demo:test", limit=96), progress=False)
+    res = score_attack("loss", -mo.loss, -no.loss, delta=delta)
+    assert res.epsilon["eps_lower"] <= dp.ledger.epsilon

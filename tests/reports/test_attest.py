@@ -26,6 +26,7 @@ def write_plan(tmp: Path, min_accuracy: float = 0.0, extra: str = "") -> Path:
 seed = 3
 [model]
 spec = "raigate.zoo:small_cnn"
+random_init = true
 [data]
 spec = "demo:test"
 limit = 64
@@ -133,13 +134,54 @@ def test_verify_passes_then_names_each_tampered_file(
         assert subject["name"] in res.output and "Traceback" not in res.output
 
 
-def test_wrong_key_and_edited_envelope_fail(signed: tuple[Path, Path], tmp_path: Path) -> None:
+def test_wrong_key_fails_and_a_private_key_is_refused(
+    signed: tuple[Path, Path], tmp_path: Path
+) -> None:
     out, _ = signed
     assert runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)]).exit_code == 0
     res = runner.invoke(app, ["verify", str(out), "--key", str(tmp_path / "raigate.pub")])
     assert res.exit_code == 1 and "does not verify with this public key" in res.output
     res = runner.invoke(app, ["verify", str(out), "--key", str(tmp_path / "raigate.key")])
     assert res.exit_code == 2 and "raigate.key" in res.output  # a private key is not a public key
+
+
+def test_edited_payload_or_signature_fails_only_on_the_signature(
+    signed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A signed FAIL turned into PASS (or the reverse) keeps every subject digest true, so
+    nothing but the signature check can catch it: the edited payload below is a well-formed
+    Statement whose subjects all match the files, and verify must still exit 1."""
+    import hashlib
+    import shutil
+
+    out, keys = signed
+    envelope = json.loads((out / "attestation.dsse.json").read_text())
+    stmt = json.loads(base64.b64decode(envelope["payload"]))
+    edited_stmt = {**stmt, "predicate": {**stmt["predicate"], "verdict": "fail", "passed": False}}
+    assert edited_stmt != stmt
+    for s in edited_stmt["subject"]:  # the files still match what the edited payload claims
+        if not s["name"].startswith("model:"):
+            assert (
+                hashlib.sha256((out / s["name"]).read_bytes()).hexdigest() == s["digest"]["sha256"]
+            )
+    payload = json.dumps(edited_stmt, sort_keys=True, separators=(",", ":")).encode()
+    sig = bytearray(base64.b64decode(envelope["signatures"][0]["sig"]))
+    sig[0] ^= 0x01
+    edits = {
+        "payload": {**envelope, "payload": base64.b64encode(payload).decode()},
+        "signature": {
+            **envelope,
+            "signatures": [{**envelope["signatures"][0], "sig": base64.b64encode(sig).decode()}],
+        },
+    }
+    for what, edited in edits.items():
+        assert edited != envelope
+        copy = tmp_path / what
+        shutil.copytree(out, copy)
+        (copy / "attestation.dsse.json").write_text(json.dumps(edited))
+        res = runner.invoke(app, ["verify", str(copy), "--key", str(keys / "raigate.pub")])
+        assert res.exit_code == 1, (what, res.output)
+        assert "does not verify with this public key" in res.output, (what, res.output)
 
 
 def test_same_plan_same_bytes_apart_from_timestamps(tmp_path: Path) -> None:
@@ -170,7 +212,7 @@ def test_exit_codes_for_gates_and_bad_plans(tmp_path: Path) -> None:
     res = runner.invoke(app, ["audit", str(bad), "--out", str(tmp_path / "o3")])
     assert res.exit_code == 2 and "plan.toml: model: Field required" in res.output
     bad.write_text(
-        '[model]\nspec = "raigate.zoo:small_cnn"\n[data]\nspec = "demo"\n'
+        '[model]\nspec = "raigate.zoo:small_cnn"\nrandom_init = true\n[data]\nspec = "demo"\n'
         "[checks.evaluate]\nmin_accuracy = 2\n"
     )
     res = runner.invoke(app, ["audit", str(bad), "--out", str(tmp_path / "o4")])

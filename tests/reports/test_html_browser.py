@@ -67,7 +67,8 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     plan = tmp_path / "plan.toml"
     # every area (tiny settings), a variant and a second instance of a check
     plan.write_text(
-        '[model]\nspec = "raigate.zoo:small_cnn"\n[models.twin]\nspec = "raigate.zoo:small_cnn"\n'
+        '[model]\nspec = "raigate.zoo:small_cnn"\nrandom_init = true\n'
+        '[models.twin]\nspec = "raigate.zoo:small_cnn"\nrandom_init = true\n'
         '[data]\nspec = "demo:test"\nsample = 64\n'
         "[checks.evaluate]\nmin_accuracy = 0.0\n"
         '[checks.evaluate_twin]\ncheck = "evaluate"\nmodel = "twin"\n'

@@ -56,6 +56,7 @@ PLAN = """
 seed = 3
 [model]
 spec = "raigate.zoo:small_cnn"
+random_init = true
 [models.twin]
 spec = "twin/model.json"
 [data]
@@ -104,7 +105,7 @@ def test_checks_run_on_the_model_they_name(bundle: tuple[Path, Path, Path]) -> N
     twin = raigate.load_model(str(twin_spec))
     data = raigate.load_data("demo:test", limit=48)
     torch.manual_seed(3)
-    primary = raigate.load_model("raigate.zoo:small_cnn", data=data)
+    primary = raigate.load_model("raigate.zoo:small_cnn", data=data, random_init=True)
     assert twin.digest != primary.digest
     assert report["models"]["twin"]["digest"] == twin.digest
     assert report["model"]["digest"] == primary.digest
@@ -153,8 +154,10 @@ def test_variant_weights_are_signed_and_tampering_is_named(
     stmt = json.loads(base64.b64decode(envelope["payload"]))
     weights = (twin_spec.parent / "model.safetensors").resolve()
     subjects = {s["name"]: s["digest"]["sha256"] for s in stmt["subject"]}
-    name = next(n for n in subjects if n.startswith("model:") and n.endswith("model.safetensors"))
-    assert Path(name[len("model:") :]).resolve() == weights
+    # named relative to the plan's folder, which the predicate places relative to the bundle
+    name = "model:twin/model.safetensors"
+    assert stmt["predicate"]["plan_dir"] == ".."
+    assert (out / ".." / name[len("model:") :]).resolve() == weights
     assert subjects[name] == hashlib.sha256(weights.read_bytes()).hexdigest()
     report = json.loads((out / "report.json").read_text())
     assert stmt["predicate"]["variant_digests"] == {"twin": report["models"]["twin"]["digest"]}
@@ -191,7 +194,7 @@ def test_variant_weights_are_signed_and_tampering_is_named(
 def test_bad_variant_plans_exit_2_naming_the_field(extra: str, needle: str, tmp_path: Path) -> None:
     plan = tmp_path / "plan.toml"
     plan.write_text(
-        '[model]\nspec = "raigate.zoo:small_cnn"\n[data]\nspec = "demo:test"\n'
+        '[model]\nspec = "raigate.zoo:small_cnn"\nrandom_init = true\n[data]\nspec = "demo:test"\n'
         f"[checks.evaluate]\n{extra}"
     )
     res = runner.invoke(app, ["audit", str(plan), "--out", str(tmp_path / "o")])
@@ -205,7 +208,8 @@ def test_paths_in_check_tables_are_relative_to_the_plan(tmp_path: Path) -> None:
     folder.mkdir()
     plan = folder / "plan.toml"
     plan.write_text(
-        '[model]\nspec = "raigate.zoo:small_cnn"\n[models.dp]\nspec = "dp/model.json"\n'
+        '[model]\nspec = "raigate.zoo:small_cnn"\nrandom_init = true\n'
+        '[models.dp]\nspec = "dp/model.json"\n'
         '[data]\nspec = "demo:test"\n'
         '[checks.privacy_dp]\ncheck = "privacy"\nmodel = "dp"\nmembers = "folder:train"\n'
         'ledger = "dp/ledger.json"\n'

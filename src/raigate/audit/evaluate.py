@@ -6,7 +6,7 @@ The baseline every other check is read against. Intervals are Wilson score inter
 >>> import raigate
 >>> from raigate.audit import evaluate
 >>> data = raigate.load_data("demo:test", limit=32)
->>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+>>> model = raigate.load_model("raigate.zoo:small_cnn", data=data, random_init=True)
 >>> result = evaluate.run(model, data, evaluate.EvaluateParams(progress=False))
 >>> sorted(result.metrics)[:3]
 ['accuracy', 'accuracy_ci_high', 'accuracy_ci_low']

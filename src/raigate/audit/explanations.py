@@ -25,7 +25,7 @@ figures there: ``explanations_grid.png`` (image + overlay per method),
 >>> import raigate
 >>> from raigate.audit import explanations
 >>> data = raigate.load_data("demo:test", limit=4)
->>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+>>> model = raigate.load_model("raigate.zoo:small_cnn", data=data, random_init=True)
 >>> params = explanations.ExplainParams(
 ...     methods=["saliency"], n_samples=2, sanity_layers=2, progress=False
 ... )

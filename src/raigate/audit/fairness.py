@@ -33,7 +33,7 @@ never by index; a prediction of a model class the data lacks counts as an error.
 >>> import raigate
 >>> from raigate.audit import fairness
 >>> data = raigate.load_data("demo:test", limit=200)
->>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+>>> model = raigate.load_model("raigate.zoo:small_cnn", data=data, random_init=True)
 >>> params = fairness.FairnessParams(n_boot=200, progress=False, plots=False)
 >>> result = fairness.run(model, data, params)
 >>> sorted(result.table("by_group")["attribute"].unique())
@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from raigate._io import write_atomic
+from raigate.audit import fairness_gates as fg
 from raigate.audit import fairness_stats as fs
 from raigate.audit import fairness_tables as ft
 from raigate.audit.evaluate import predict
@@ -207,6 +209,52 @@ def resolve_groups(
 
 
 # -- the check ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Analysis:
+    """Group statistics, the gates' calibrated family, the summary rows and findings."""
+
+    stats: list[ft.SpecStats]
+    family: fg.Family
+    summary: list[dict[str, Any]]
+    findings: list[Finding]
+
+    @property
+    def verdict(self) -> str:
+        sev = {f.severity for f in self.findings}
+        return "fail" if "fail" in sev else ("warn" if "warn" in sev else "pass")
+
+
+def analyse(
+    y: np.ndarray,
+    pred: np.ndarray,
+    attrs: pd.DataFrame,
+    columns: list[tuple[str, ...]],
+    classes: list[str],
+    params: FairnessParams,
+    *,
+    ordinal: bool = False,
+    task: str | None = None,
+) -> Analysis:
+    """Everything the gates decide, from labels and predictions (data class indices, ``-1``
+    for a model class the data lacks) alone: no model, no images. :func:`run` calls it
+    after predicting; the gate simulation calls it directly."""
+    specs = [ft.group_spec(attrs, cols) for cols in columns]
+    k = len(classes)
+    stats = ft.all_spec_stats(specs, y, pred, k, params, ordinal=ordinal, task=task)
+    family = fg.build_family(stats, k, params)
+    summary: list[dict[str, Any]] = []
+    findings: list[Finding] = []
+    for si, s in enumerate(stats):
+        rows, found = fg.gate_rows(si, s, family, classes, params, ft.group_counts(s))
+        summary += rows
+        findings += found
+    return Analysis(stats=stats, family=family, summary=summary, findings=findings)
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
 def run(
     model: Model,
     data: Dataset,
@@ -229,7 +277,6 @@ def run(
     columns = resolve_groups(data, params.sensitive, params.intersections)
     mapping = align_classes(model.class_names, data.class_names, params.label_map)
     attrs = data.attributes
-    specs = [ft.group_spec(attrs, cols) for cols in columns]
     preds_model, conf = predict(
         model,
         data,
@@ -244,9 +291,8 @@ def run(
     classes = list(data.class_names)
     k = len(classes)
     ordinal = params.ordinal if params.ordinal is not None else data.task == "age"
-    stats = [
-        ft.spec_stats(spec, y, pred, k, params, ordinal=ordinal, task=data.task) for spec in specs
-    ]
+    a = analyse(y, pred, attrs, columns, classes, params, ordinal=ordinal, task=data.task)
+    stats, family = a.stats, a.family
 
     # overall: a plain (unstratified) bootstrap of all samples
     overall_conf = fs.confusion_by_group(
@@ -261,8 +307,7 @@ def run(
     )
 
     comps = ft.comparisons(stats, params.alpha)
-    by_group, selection, tpr_fpr, confusion, disparities, summary = [], [], [], [], [], []
-    findings: list[Finding] = []
+    by_group, selection, tpr_fpr, confusion, disparities = [], [], [], [], []
     for s in stats:
         by_group += ft.by_group_rows(s, params)
         sel_rows, rate_rows = ft.class_rows(s, classes, params)
@@ -270,9 +315,6 @@ def run(
         tpr_fpr += rate_rows
         confusion += ft.confusion_rows(s, classes)
         disparities += ft.disparity_rows(s, classes, params)
-        rows, found = ft.gates(s, classes, params, comps)
-        summary += rows
-        findings += found
 
     n = len(y)
     metrics: dict[str, Any] = {
@@ -285,16 +327,18 @@ def run(
         "groups": sum(len(s.spec.levels) for s in stats),
         "groups_insufficient": sum(int((~s.eligible).sum()) for s in stats),
         "groups_empty": sum(int((s.point["n"] == 0).sum()) for s in stats),
-        "n_comparisons": len(comps.rows),
-        "comparisons_significant_holm": sum(r["significant_holm"] for r in comps.rows),
+        "gate_contrasts": family.size,
+        "gate_critical_value": _finite(family.critical),
+        "n_comparisons": len(comps),
+        "comparisons_significant_holm": sum(r["significant_holm"] for r in comps),
         "predicted_other": int((pred < 0).sum()),
         "by_group": by_group,
         "selection_rates": selection,
         "tpr_fpr": tpr_fpr,
         "confusion_by_group": confusion,
         "disparities": disparities,
-        "summary": summary,
-        "comparisons": comps.rows,
+        "summary": a.summary,
+        "comparisons": comps,
     }
     if ordinal:
         ordinal_all = fs.ordinal_from_confusion(overall_conf[0])
@@ -327,22 +371,33 @@ def run(
             "ordinal": ordinal,
             "n": n,
             "interval": (
-                f"percentile bootstrap, {1 - params.alpha:.0%}, stratified by group (each group "
-                f"resampled at its own size), B={params.n_boot}, seed={params.seed}; overall: "
+                f"per group: percentile bootstrap, {1 - params.alpha:.0%}, stratified (every "
+                "combination of the audited attributes resampled at its own size), "
+                f"B={params.n_boot}, seed={params.seed}; gates: simultaneous "
+                f"{1 - params.alpha:.0%} max-T intervals from the same replicates; overall: "
                 "unstratified bootstrap"
             ),
             "p_values": (
-                "two-sided pooled two-proportion z-test of accuracy for every pair of eligible "
-                f"groups within an attribute; Holm-adjusted over all {len(comps.rows)} comparisons"
+                "gates: bootstrap max-T adjusted p-value of 'this gap is within the threshold', "
+                f"over all {family.size} between-group contrasts the gates examine (every pair "
+                "of eligible groups, every class, TPR and FPR, every attribute and "
+                "intersection); comparisons table: two-sided pooled two-proportion z-test of "
+                f"equal accuracy, Holm-adjusted over its {len(comps)} pairs (descriptive)"
             ),
             "gate_rule": (
-                "fail: the whole interval lies beyond the threshold; warn: it straddles the "
-                f"threshold or fewer than 2 groups have n>={params.min_group_size}; pass: the "
-                "whole interval lies on the good side"
+                "fail: some contrast's simultaneous interval lies entirely beyond the "
+                "threshold (equivalently its adjusted p <= alpha); pass: every contrast's "
+                "simultaneous interval lies within the threshold; warn: otherwise, or fewer "
+                f"than 2 groups have n>={params.min_group_size}"
+            ),
+            "power": (
+                f"detectable_gap_80: the gap that fails with {fg.POWER:.0%} probability for the "
+                "least precise contrast of a gate; pass_reachable: whether the widest "
+                "simultaneous interval is narrower than the threshold at this n"
             ),
         },
         metrics=metrics,
-        findings=findings,
+        findings=a.findings,
         seed=params.seed,
         environment=collect_environment(params.device),
         model=ModelRef.of(model),

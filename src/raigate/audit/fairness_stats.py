@@ -172,3 +172,50 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
     out = np.empty(m, dtype=np.float64)
     out[order] = adjusted
     return out
+
+
+def aggregate_cells(boot_cells: np.ndarray, cell_group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum replicates of fine cells ``[B, C, ...]`` into groups ``[B, G, ...]`` given each
+    cell's group ``cell_group[C]``. A stratified bootstrap of the finest cells, summed, is a
+    stratified bootstrap of every coarser grouping at once, so contrasts between groups of
+    different attributes (race and race+gender) come from one joint distribution."""
+    out = np.zeros((boot_cells.shape[0], n_groups, *boot_cells.shape[2:]), dtype=np.int64)
+    for g in range(n_groups):
+        cells = np.flatnonzero(cell_group == g)
+        if cells.size:
+            out[:, g] = boot_cells[:, cells].sum(axis=1)
+    return out
+
+
+def agresti_caffo_var(successes: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Variance of a proportion with one success and one failure added (Agresti & Caffo
+    2000): never 0, even for a group at 0% or 100%, where the plain ``p(1-p)/n`` (and the
+    bootstrap, which can only resample what it saw) would claim certainty."""
+    s = np.asarray(successes, dtype=np.float64)
+    m = np.asarray(n, dtype=np.float64)
+    p = (s + 1) / (m + 2)
+    return p * (1 - p) / (m + 2)
+
+
+def maxt_critical(max_stats: np.ndarray, alpha: float) -> float:
+    """Critical value ``c`` of a bootstrap max-T family (Westfall & Young 1993; Romano &
+    Wolf 2005): the ``(B - floor(alpha B))``-th smallest of the replicate maxima.
+
+    Chosen so that ``t > c`` holds exactly when :func:`maxt_pvalues` gives ``p <= alpha``:
+    a gate that compares intervals with ``c`` and a p-value with ``alpha`` cannot disagree.
+
+    >>> maxt_critical(np.arange(1.0, 101.0), 0.05)
+    95.0
+    >>> float(maxt_pvalues(np.arange(1.0, 101.0), np.array([95.0, 95.5]))[0]), 0.05
+    (0.06, 0.05)
+    """
+    m = np.sort(np.asarray(max_stats, dtype=np.float64))
+    r = int(np.floor(alpha * m.size + 1e-9))
+    return float(m[m.size - r - 1])
+
+
+def maxt_pvalues(max_stats: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Family-wise adjusted p-values: the share of replicate maxima at or above each ``t``."""
+    m = np.sort(np.asarray(max_stats, dtype=np.float64))
+    t = np.asarray(t, dtype=np.float64)
+    return (m.size - np.searchsorted(m, t, side="left")) / m.size

@@ -1,18 +1,18 @@
-"""Tables and gates of the fairness check, computed from per-group confusion matrices.
+"""Tables of the fairness check, computed from per-group confusion matrices.
 
 :mod:`raigate.audit.fairness` resolves the attribute specs, predicts and assembles the
-result; this module turns one attribute spec (``race`` or ``race+gender``) into its
+result; this module turns the attribute specs (``race``, ``race+gender``) into their
 numbers: point values and stratified-bootstrap replicates of every group rate
-(:class:`SpecStats`), the ``by_group``, ``selection_rates``, ``tpr_fpr``,
-``confusion_by_group`` and ``disparities`` tables, the ``summary`` rows with their
-findings, and the Holm-adjusted pairwise ``comparisons``.
+(:class:`SpecStats`, one joint bootstrap for all specs: :func:`all_spec_stats`), the
+``by_group``, ``selection_rates``, ``tpr_fpr``, ``confusion_by_group`` and ``disparities``
+tables, and the Holm-adjusted pairwise ``comparisons``. The gates are in
+:mod:`raigate.audit.fairness_gates`.
 
-Between-group measures are taken between the *named* groups that attain the maximum and
-minimum among the eligible groups (n >= ``min_group_size``); their intervals come from
-the same replicates of those two groups, so they are joint-bootstrap intervals of the
-difference (or ratio) between two named groups. Choosing the extreme pair after looking
-at the data favours a large gap (the winner's curse); the number of groups and of
-pairwise comparisons behind each choice is therefore stated beside it.
+The ``disparities`` table is descriptive: it names the groups that attain the maximum and
+minimum of each measure among the eligible groups (n >= ``min_group_size``) and gives the
+percentile interval of that pair's difference. Choosing the extreme pair after looking at
+the data favours a large gap (the winner's curse), so these intervals are *not* what the
+gates use; the gates use simultaneous intervals over every pair.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import pandas as pd
 
 from raigate.audit import fairness_stats as fs
 from raigate.errors import ConfigError
-from raigate.results import Finding
 from raigate.stats import wilson_interval
 
 if TYPE_CHECKING:
@@ -104,9 +103,37 @@ class SpecStats:
 
 
 def stream(seed: int, name: str) -> np.random.Generator:
-    # one stream per attribute spec: adding an intersection never moves another's intervals
+    """A seeded stream per purpose (``"joint"`` for the group bootstrap, ``""`` overall)."""
     key = (zlib.crc32(name.encode("utf-8")),)
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+MAX_CELLS = 5000
+
+
+def joint_bootstrap(
+    specs: Sequence[GroupSpec],
+    y: np.ndarray,
+    pred: np.ndarray,
+    n_classes: int,
+    *,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """Stratified bootstrap replicates ``[B, G, K, K + 1]`` of every spec's confusions, all
+    from one resampling: the finest cells (every observed combination of the specs'
+    groups) are resampled at their own sizes and summed into each spec's groups. So the
+    gates' max-T over race, gender and race+gender sees their true dependence."""
+    codes = np.stack([s.codes for s in specs], axis=1)
+    cells, cell_of = np.unique(codes, axis=0, return_inverse=True)
+    if len(cells) > MAX_CELLS:
+        raise ConfigError(
+            f"--sensitive/--intersections: the attributes combine into {len(cells)} observed "
+            f"groups (over {MAX_CELLS}); choose fewer or coarser columns"
+        )
+    conf = fs.confusion_by_group(y, pred, cell_of.ravel(), n_groups=len(cells), n_classes=n_classes)
+    boot = fs.bootstrap_confusions(conf, n_boot=n_boot, rng=rng)
+    return [fs.aggregate_cells(boot, cells[:, i], len(spec.levels)) for i, spec in enumerate(specs)]
 
 
 def _metrics(conf: np.ndarray, ordinal: bool) -> dict[str, np.ndarray]:
@@ -116,8 +143,29 @@ def _metrics(conf: np.ndarray, ordinal: bool) -> dict[str, np.ndarray]:
     return out
 
 
-def spec_stats(
+def all_spec_stats(
+    specs: Sequence[GroupSpec],
+    y: np.ndarray,
+    pred: np.ndarray,
+    n_classes: int,
+    params: FairnessParams,
+    *,
+    ordinal: bool,
+    task: str | None,
+) -> list[SpecStats]:
+    """:class:`SpecStats` of every spec from one joint bootstrap (:func:`joint_bootstrap`)."""
+    boots = joint_bootstrap(
+        specs, y, pred, n_classes, n_boot=params.n_boot, rng=stream(params.seed, "joint")
+    )
+    return [
+        _spec_stats(spec, boot, y, pred, n_classes, params, ordinal=ordinal, task=task)
+        for spec, boot in zip(specs, boots, strict=True)
+    ]
+
+
+def _spec_stats(
     spec: GroupSpec,
+    boot_conf: np.ndarray,
     y: np.ndarray,
     pred: np.ndarray,
     n_classes: int,
@@ -128,8 +176,6 @@ def spec_stats(
 ) -> SpecStats:
     g = len(spec.levels)
     conf = fs.confusion_by_group(y, pred, spec.codes, n_groups=g, n_classes=n_classes)
-    rng = stream(params.seed, spec.name)
-    boot_conf = fs.bootstrap_confusions(conf, n_boot=params.n_boot, rng=rng)
     point = _metrics(conf, ordinal)
     nonempty = point["n"] > 0
     label_defined = (task is not None and task in spec.columns) or bool(
@@ -198,15 +244,6 @@ def _spread(
         ratio_ci=_ci(np.where(np.isfinite(ratio_b), ratio_b, np.nan), alpha),
         eligible=int(idx.size),
     )
-
-
-def _severity(lo: float | None, hi: float | None, threshold: float, higher_is_bad: bool) -> str:
-    """fail: the whole interval beyond the threshold; warn: it straddles; pass: otherwise."""
-    if lo is None or hi is None:
-        return "warn"
-    if higher_is_bad:
-        return "fail" if lo > threshold else ("warn" if hi > threshold else "pass")
-    return "fail" if hi < threshold else ("warn" if lo < threshold else "pass")
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -367,15 +404,10 @@ def disparity_rows(
     return rows
 
 
-@dataclass
-class Comparisons:
-    """Pairwise accuracy comparisons of eligible groups, Holm-adjusted over all of them."""
-
-    rows: list[dict[str, Any]]
-    holm: dict[tuple[str, int, int], float]
-
-
-def comparisons(stats: list[SpecStats], alpha: float) -> Comparisons:
+def comparisons(stats: list[SpecStats], alpha: float) -> list[dict[str, Any]]:
+    """Every pair of eligible groups within an attribute, compared on accuracy (two-sided
+    pooled z-test), Holm-adjusted over all of them. Descriptive: which differences are
+    nonzero; whether one exceeds a threshold is the gates' question."""
     keys: list[tuple[str, int, int]] = []
     s1, n1, s2, n2 = [], [], [], []
     for s in stats:
@@ -407,238 +439,14 @@ def comparisons(stats: list[SpecStats], alpha: float) -> Comparisons:
                 "significant_holm": bool(ph < alpha),
             }
         )
-    return Comparisons(rows=rows, holm={k: float(v) for k, v in zip(keys, adjusted, strict=True)})
+    return rows
 
 
-_RELATION = {
-    (True, "fail"): "lies entirely above",
-    (True, "warn"): "straddles",
-    (True, "pass"): "lies entirely at or below",
-    (False, "fail"): "lies entirely below",
-    (False, "warn"): "straddles",
-    (False, "pass"): "lies entirely at or above",
-}
-
-
-def _fmt_ci(ci: Sequence[float | None]) -> str:
-    return "[" + ", ".join("nan" if v is None else f"{v:.3f}" for v in ci) + "]"
-
-
-def _group_counts(s: SpecStats) -> dict[str, int]:
+def group_counts(s: SpecStats) -> dict[str, int]:
     n = s.point["n"]
     return {
         "groups": len(s.spec.levels),
         "groups_empty": int((n == 0).sum()),
         "groups_insufficient": int((~s.eligible).sum()),
         "groups_eligible": int(s.eligible.sum()),
-    }
-
-
-def gates(
-    s: SpecStats, classes: Sequence[str], params: FairnessParams, comps: Comparisons
-) -> tuple[list[dict[str, Any]], list[Finding]]:
-    """The summary rows of one attribute spec and its findings (see the module docstring)."""
-    th, a, m = params.thresholds, params.alpha, params.min_group_size
-    level = f"{1 - a:.0%}"
-    counts = _group_counts(s)
-    small = (
-        f"{counts['groups_insufficient']} of {counts['groups']} groups have n<{m} "
-        "and are reported, not gated"
-    )
-    name = s.spec.name
-    rows: list[dict[str, Any]] = []
-    findings: list[Finding] = []
-
-    def emit(
-        measure: str,
-        threshold: float | None,
-        higher_is_bad: bool,
-        sp: Spread | None,
-        value: float | None,
-        ci: list[float | None],
-        detail: dict[str, Any],
-        say: str,
-    ) -> None:
-        row = {"attribute": name, "measure": measure, "threshold": threshold, **counts, **detail}
-        if sp is None:
-            row.update({"value": None, "ci": [None, None], "severity": None})
-            row["note"] = f"fewer than 2 groups with n>={m}"
-            rows.append(row)
-            if threshold is not None:
-                findings.append(
-                    Finding(
-                        id=f"fairness.{measure}[{name}]",
-                        severity="warn",
-                        metric=measure,
-                        value=None,
-                        threshold=threshold,
-                        message=(
-                            f"{name}: {measure.replace('_', ' ')} not evaluated: only "
-                            f"{counts['groups_eligible']} group(s) have at least {m} samples "
-                            f"({small}); collect more data or lower --min-group-size"
-                        ),
-                    )
-                )
-            return
-        severity = None if threshold is None else _severity(ci[0], ci[1], threshold, higher_is_bad)
-        row.update({"value": value, "ci": ci, "severity": severity})
-        rows.append(row)
-        if threshold is None or severity is None:
-            return
-        findings.append(
-            Finding(
-                id=f"fairness.{measure}[{name}]",
-                severity=severity,  # type: ignore[arg-type]
-                metric=measure,
-                value=value,
-                threshold=threshold,
-                message=(
-                    f"{name}: {say}; {level} stratified-bootstrap CI {_fmt_ci(ci)} "
-                    f"{_RELATION[(higher_is_bad, severity)]} the threshold {threshold:g} "
-                    f"(B={params.n_boot}; {small})"
-                ),
-            )
-        )
-
-    # accuracy difference: worst vs best eligible group
-    acc, acc_b = s.point["accuracy"], s.boot["accuracy"]
-    sp = _spread(acc, acc_b, s.eligible, a)
-    detail: dict[str, Any] = {}
-    say = ""
-    if sp is not None:
-        k = sp.eligible
-        pair = (name, min(sp.hi, sp.lo), max(sp.hi, sp.lo))
-        p_holm = comps.holm.get(pair)
-        detail = {
-            "group_low": s.spec.levels[sp.lo],
-            "value_low": float(acc[sp.lo]),
-            "group_high": s.spec.levels[sp.hi],
-            "value_high": float(acc[sp.hi]),
-            "comparisons": k * (k - 1) // 2,
-            "p_holm": p_holm,
-        }
-        say = (
-            f"accuracy of {detail['group_low']} ({acc[sp.lo]:.3f}, n={int(s.point['n'][sp.lo])}) "
-            f"is {sp.difference:.3f} below {detail['group_high']} ({acc[sp.hi]:.3f}, "
-            f"n={int(s.point['n'][sp.hi])}), worst and best of {k} eligible groups "
-            f"({k * (k - 1) // 2} pairwise comparisons here, {len(comps.rows)} in the run; "
-            f"Holm-adjusted z-test p={p_holm:.2g})"
-        )
-    emit(
-        "accuracy_difference",
-        th.accuracy_difference,
-        True,
-        sp,
-        sp.difference if sp else None,
-        sp.difference_ci if sp else [None, None],
-        detail,
-        say,
-    )
-
-    if s.label_defined:
-        for measure in (
-            "demographic_parity_difference",
-            "selection_rate_ratio",
-            "equalized_odds_difference",
-        ):
-            rows.append(
-                {
-                    "attribute": name,
-                    "measure": measure,
-                    **counts,
-                    "value": None,
-                    "ci": [None, None],
-                    "threshold": None,
-                    "severity": None,
-                    "note": "not applicable: the groups are defined by the label itself",
-                }
-            )
-        return rows, findings
-
-    # demographic parity: per class, max - min and min / max selection rate
-    spreads = [
-        (c, _spread(s.point["selection"][:, c], s.boot["selection"][:, :, c], s.eligible, a))
-        for c in range(len(classes))
-    ]
-    valid = [(c, x) for c, x in spreads if x is not None]
-    if valid:
-        c, x = max(valid, key=lambda cx: cx[1].difference)
-        emit(
-            "demographic_parity_difference",
-            None,
-            True,
-            x,
-            x.difference,
-            x.difference_ci,
-            _pair_detail(s, "selection", c, classes, x),
-            "",
-        )
-        with_ratio = [(c, x) for c, x in valid if x.ratio is not None]
-        c, x = min(
-            with_ratio or valid, key=lambda cx: np.inf if cx[1].ratio is None else cx[1].ratio
-        )
-        d = _pair_detail(s, "selection", c, classes, x)
-        say = (
-            f"selection rate of class {classes[c]!r} in {d['group_low']} ({d['value_low']:.3f}) "
-            f"is {x.ratio if x.ratio is not None else float('nan'):.3f} of that in "
-            f"{d['group_high']} ({d['value_high']:.3f}) (four-fifths rule; lowest ratio over "
-            f"{len(classes)} classes and {x.eligible} eligible groups)"
-        )
-        emit("selection_rate_ratio", th.selection_rate_ratio, False, x, x.ratio, x.ratio_ci, d, say)
-    else:
-        emit("demographic_parity_difference", None, True, None, None, [None, None], {}, "")
-        emit(
-            "selection_rate_ratio", th.selection_rate_ratio, False, None, None, [None, None], {}, ""
-        )
-
-    # equalized odds: largest gap in one-vs-rest TPR or FPR over classes
-    best: tuple[float, int, str, Spread] | None = None
-    for c in range(len(classes)):
-        for rate, den in (("tpr", "pos"), ("fpr", "neg")):
-            values, reps, _, _, eligible = _series(s, rate, c, den, params.min_group_size)
-            x = _spread(values, reps, eligible, a)
-            if x is not None and (best is None or x.difference > best[0]):
-                best = (x.difference, c, rate, x)
-    if best is None:
-        emit(
-            "equalized_odds_difference",
-            th.equalized_odds_difference,
-            True,
-            None,
-            None,
-            [None, None],
-            {},
-            "",
-        )
-    else:
-        _, c, rate, x = best
-        d = {**_pair_detail(s, rate, c, classes, x), "rate": rate}
-        say = (
-            f"equalized-odds difference {x.difference:.3f}: one-vs-rest {rate.upper()} of class "
-            f"{classes[c]!r} is {d['value_high']:.3f} in {d['group_high']} vs "
-            f"{d['value_low']:.3f} in {d['group_low']} (largest gap over {len(classes)} "
-            f"classes x TPR/FPR; a rate is gated only when its denominator is >= {m})"
-        )
-        emit(
-            "equalized_odds_difference",
-            th.equalized_odds_difference,
-            True,
-            x,
-            x.difference,
-            x.difference_ci,
-            d,
-            say,
-        )
-    return rows, findings
-
-
-def _pair_detail(
-    s: SpecStats, key: str, c: int, classes: Sequence[str], x: Spread
-) -> dict[str, Any]:
-    return {
-        "class": classes[c],
-        "group_low": s.spec.levels[x.lo],
-        "value_low": float(s.point[key][x.lo, c]),
-        "group_high": s.spec.levels[x.hi],
-        "value_high": float(s.point[key][x.hi, c]),
     }

@@ -11,7 +11,7 @@ non-member), TPR at FPR 0.1% and 1%, and an empirical epsilon lower bound at con
 >>> import raigate
 >>> from raigate.audit import privacy
 >>> data = raigate.load_data("demo:test", limit=40)
->>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+>>> model = raigate.load_model("raigate.zoo:small_cnn", data=data, random_init=True)
 >>> params = privacy.PrivacyParams(members="demo:train", members_limit=40,
 ...     attacks=["loss"], progress=False)
 >>> result = privacy.run(model, data, params)
@@ -135,23 +135,31 @@ def run(
     mo = model_outputs(model, members, **out_kw)  # type: ignore[arg-type]
     no = model_outputs(model, non_members, **out_kw)  # type: ignore[arg-type]
 
+    attacks = list(dict.fromkeys(params.attacks))
+    # The verdict rests on the strongest of m attacks: each bound is taken at alpha / m
+    # (Bonferroni), so "some attack's bound is wrong" has probability at most alpha.
+    each = params.alpha / len(attacks)
     results = []
-    for name in dict.fromkeys(params.attacks):
+    for name in attacks:
         if name == "loss":
             sm, sn = -mo.loss, -no.loss
         else:
             sm, sn = art_blackbox_scores(
                 model, mo, no, attack_model=params.art_attack_model, seed=params.seed
             )
-        results.append(
-            score_attack(name, sm, sn, delta=delta, alpha=params.alpha, seed=params.seed)
-        )
+        results.append(score_attack(name, sm, sn, delta=delta, alpha=each, seed=params.seed))
     table = [r.record() for r in results]
     best = max(results, key=lambda r: r.epsilon["eps_lower"])
     best_auc = max(results, key=lambda r: r.auc)
     conf = f"{1 - params.alpha:.0%}"
+    joint = (
+        f"{conf} confidence jointly over {len(attacks)} attacks (each at "
+        f"{1 - each:.1%}, Bonferroni)"
+        if len(attacks) > 1
+        else f"{conf} confidence"
+    )
     eps_text = (
-        f"empirical epsilon lower bound {best.epsilon['eps_lower']:.3f} ({conf} confidence, "
+        f"empirical epsilon lower bound {best.epsilon['eps_lower']:.3f} ({joint}, "
         f"attack {best.attack}, threshold chosen on half the scores, Clopper-Pearson on the "
         f"other half: {best.epsilon.get('tp')}/{best.epsilon.get('n_members_test')} members and "
         f"{best.epsilon.get('fp')}/{best.epsilon.get('n_non_members_test')} non-members flagged, "
@@ -190,25 +198,12 @@ def run(
             )
         )
     if params.max_auc is not None:
-        over = best_auc.auc > params.max_auc
-        findings.append(
-            Finding(
-                id="privacy.membership_auc",
-                severity="fail" if over else "pass",
-                metric="auc",
-                value=best_auc.auc,
-                threshold=params.max_auc,
-                message=(
-                    f"membership inference AUC {best_auc.auc:.4f} (attack {best_auc.attack}, "
-                    f"{best_auc.n_members} members vs {best_auc.n_non_members} non-members; 0.5 "
-                    f"is chance) is {'above' if over else 'at or below'} {params.max_auc:.4f}"
-                ),
-            )
-        )
+        findings.append(_auc_finding(results, params.max_auc, each, joint))
     metrics: dict[str, Any] = {
         "attacks": table,
         "eps_lower": best.epsilon["eps_lower"],
         "auc": best_auc.auc,
+        "alpha_per_attack": each,
         "claimed_epsilon": claimed,
         "delta": delta,
         "n_members": len(mo.labels),
@@ -225,8 +220,12 @@ def run(
                 "auc": "P(score of a random member > score of a random non-member), ties 1/2",
                 "tpr_at_fpr": "TPR at the largest ROC point with FPR <= the target",
                 "eps_lower": "largest epsilon with TPR_lo > e^eps FPR_hi + delta or "
-                "1 - FPR_hi > e^eps (1 - TPR_lo) + delta, one-sided Clopper-Pearson at alpha/2 "
-                "each on a held-out half",
+                "1 - FPR_hi > e^eps (1 - TPR_lo) + delta, one-sided Clopper-Pearson at a/2 "
+                "each on a held-out half, a = alpha / number of attacks (Bonferroni: the "
+                "strongest attack's bound holds with confidence 1 - alpha)",
+                "auc_gate": "fail: some attack's AUC lower bound (Hanley-McNeil, one-sided at "
+                "alpha / number of attacks) is above max_auc; pass: every attack's upper bound "
+                "is at or below it; warn: otherwise",
                 "loss": "score = -cross-entropy of the true label (Yeom et al. 2018)",
                 "art_blackbox": f"ART MembershipInferenceBlackBox ({params.art_attack_model}) "
                 "on probabilities + label, fit on half, scored on the other half",
@@ -236,7 +235,7 @@ def run(
         findings=findings,
         seed=params.seed,
         environment=collect_environment(params.device),
-        model=ModelRef(spec=model.spec, digest=model.digest),
+        model=ModelRef.of(model),
         data=DataRef(
             spec=non_members.spec,
             manifest_digest=non_members.manifest.digest,
@@ -246,4 +245,32 @@ def run(
             members_manifest_digest=members.manifest.digest,
         ),
         timing_s=round(time.perf_counter() - start, 3),
+    )
+
+
+def _auc_finding(results: list[Any], max_auc: float, each: float, joint: str) -> Finding:
+    """The AUC gate over all attacks at once, by one-sided bounds at ``alpha / m`` each."""
+    from raigate.privacy.mia import auc_interval
+
+    bounds = [auc_interval(r.auc, r.n_members, r.n_non_members, 2 * each) for r in results]
+    worst = max(range(len(results)), key=lambda i: bounds[i][0])
+    top = max(range(len(results)), key=lambda i: bounds[i][1])
+    if bounds[worst][0] > max_auc:
+        severity, i, rel = "fail", worst, "lies entirely above"
+    elif bounds[top][1] <= max_auc:
+        severity, i, rel = "pass", top, "lies at or below"
+    else:
+        severity, i, rel = "warn", top, "straddles"
+    r, (lo, hi) = results[i], bounds[i]
+    return Finding(
+        id="privacy.membership_auc",
+        severity=severity,  # type: ignore[arg-type]
+        metric="auc",
+        value=max(x.auc for x in results),
+        threshold=max_auc,
+        message=(
+            f"membership inference AUC {r.auc:.4f} (attack {r.attack}, {r.n_members} members "
+            f"vs {r.n_non_members} non-members; 0.5 is chance): its interval [{lo:.4f}, "
+            f"{hi:.4f}] ({joint}, Hanley-McNeil) {rel} the maximum {max_auc:.4f}"
+        ),
     )

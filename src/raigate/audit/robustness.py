@@ -31,7 +31,7 @@ CERTIFY classifies correctly with radius >= r.
 >>> import raigate
 >>> from raigate.audit import robustness
 >>> data = raigate.load_data("demo:test", limit=16)
->>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+>>> model = raigate.load_model("raigate.zoo:small_cnn", data=data, random_init=True)
 >>> params = robustness.RobustnessParams(eps=[2 / 255], pgd_steps=2, progress=False)
 >>> result = robustness.run(model, data, params)
 >>> [(r["attack"], r["eps"] > 0) for r in result.metrics["attacks"]]

@@ -21,10 +21,12 @@ from raigate.cli_common import (
     LimitOpt,
     MeanOpt,
     ModelOpt,
+    RandomInitOpt,
     SampleOpt,
     SeedOpt,
     StdOpt,
     TaskOpt,
+    TrustCodeOpt,
     WeightsOpt,
     format_table,
     handle_errors,
@@ -114,6 +116,8 @@ def explain_cmd(
         int, typer.Option("--batch-size", help="images per forward/backward pass")
     ] = 128,
     label_map: LabelMapOpt = None,
+    trust_code: TrustCodeOpt = False,
+    random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Attribution maps (Captum) checked for faithfulness (deletion/insertion vs random,
@@ -141,8 +145,9 @@ def explain_cmd(
     )
     data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
     model = load_model_from_options(
-        model_spec, weights, class_names, input_size, mean, std, data=data
-    )
+        model_spec, weights, class_names, input_size, mean, std, data=data,
+        trust_code=trust_code, random_init=random_init,
+    )  # fmt: skip
     result = explanations.run(model, data, params, out_dir=out)
     path = result.write(out)
     print_explanations(result)

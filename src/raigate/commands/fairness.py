@@ -19,10 +19,12 @@ from raigate.cli_common import (
     LabelMapOpt,
     LimitOpt,
     MeanOpt,
+    RandomInitOpt,
     SampleOpt,
     SeedOpt,
     StdOpt,
     TaskOpt,
+    TrustCodeOpt,
     WeightsOpt,
     format_table,
     handle_errors,
@@ -78,6 +80,8 @@ def fairness_cmd(
         ),
     ] = None,
     label_map: LabelMapOpt = None,
+    trust_code: TrustCodeOpt = False,
+    random_init: RandomInitOpt = False,
     weights: WeightsOpt = None,
     class_names: ClassNamesOpt = None,
     input_size: InputSizeOpt = None,
@@ -124,8 +128,9 @@ def fairness_cmd(
     )
     data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
     model = load_model_from_options(
-        model_spec, weights, class_names, input_size, mean, std, data=data
-    )
+        model_spec, weights, class_names, input_size, mean, std, data=data,
+        trust_code=trust_code, random_init=random_init,
+    )  # fmt: skip
     result = fairness.run(model, data, params, out_dir=out)
     path = result.write(out)
     print_fairness(result)
@@ -162,19 +167,28 @@ def print_fairness(result: Any) -> None:
                 "worst": _named(r.get("group_low"), r.get("value_low")),
                 "best": _named(r.get("group_high"), r.get("value_high")),
                 "gap": "-" if r.get("value") is None else f"{r['value']:.3f}",
-                "gap CI": "-" if ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]",
+                "simultaneous CI": "-" if ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]",
+                "p": "-" if r.get("p_value") is None else f"{r['p_value']:.2g}",
+                "detectable": "-"
+                if r.get("detectable_gap_80") is None
+                else f"{r['detectable_gap_80']:.3f}",
                 "gate": r.get("severity") or "-",
             }
         )
     typer.echo("\naccuracy by group (worst and best of the groups with enough data):")
+    columns = ["attribute", "groups", "small", "worst", "best", "gap", "simultaneous CI", "p"]
+    typer.echo(format_table(rows, [*columns, "detectable", "gate"]))
     typer.echo(
-        format_table(
-            rows, ["attribute", "groups", "small", "worst", "best", "gap", "gap CI", "gate"]
-        )
+        f"\ngates: {m['gate_contrasts']} between-group contrasts (every pair of eligible "
+        "groups, class, TPR/FPR, attribute and intersection) tested as one family: "
+        f"simultaneous {1 - p['alpha']:.0%} intervals by bootstrap max-T (critical value "
+        f"{_num(m.get('gate_critical_value'))}), p adjusted over the family; 'detectable': the "
+        "gap that fails with 80% power"
     )
     typer.echo(
-        f"\n{m['n_comparisons']} pairwise accuracy comparisons (two-proportion z-test); "
-        f"{m['comparisons_significant_holm']} significant after Holm at alpha {p['alpha']}"
+        f"{m['n_comparisons']} pairwise accuracy comparisons (two-proportion z-test, "
+        f"descriptive): {m['comparisons_significant_holm']} significant after Holm at alpha "
+        f"{p['alpha']}"
     )
     if m["groups_insufficient"]:
         typer.echo(
@@ -185,6 +199,10 @@ def print_fairness(result: Any) -> None:
         typer.echo("\nfindings:")
     for f in result.findings:
         typer.echo(f"[{f.severity.upper()}] {f.message}")
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def _named(group: str | None, value: float | None) -> str:

@@ -19,10 +19,12 @@ from raigate.cli_common import (
     LabelMapOpt,
     LimitOpt,
     MeanOpt,
+    RandomInitOpt,
     SampleOpt,
     SeedOpt,
     StdOpt,
     TaskOpt,
+    TrustCodeOpt,
     WeightsOpt,
     format_table,
     handle_errors,
@@ -114,6 +116,7 @@ def train_cmd(
     secure_mode: Annotated[
         bool, typer.Option("--secure-mode", help="cryptographic RNG (needs torchcsprng)")
     ] = False,
+    trust_code: TrustCodeOpt = False,
     weights: WeightsOpt = None,
     class_names: ClassNamesOpt = None,
     mean: MeanOpt = None,
@@ -171,6 +174,7 @@ def train_cmd(
         std=list(parse_floats(std, "std") or []) or None,
         out_dir=out,
         resume=resume,
+        trust_code=trust_code,
     )
     if run.rank != 0:
         return
@@ -287,6 +291,8 @@ def audit_cmd(
     ] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="1 - confidence of the bound")] = 0.05,
     label_map: LabelMapOpt = None,
+    trust_code: TrustCodeOpt = False,
+    random_init: RandomInitOpt = False,
     weights: WeightsOpt = None,
     class_names: ClassNamesOpt = None,
     mean: MeanOpt = None,
@@ -302,7 +308,10 @@ def audit_cmd(
     from raigate.data import load_data
 
     data = load_data(non_members, task=task, limit=limit, seed=seed)
-    model = load_model_from_options(model_spec, weights, class_names, None, mean, std, data=data)
+    model = load_model_from_options(
+        model_spec, weights, class_names, None, mean, std, data=data,
+        trust_code=trust_code, random_init=random_init,
+    )  # fmt: skip
     params = make_params(
         privacy.PrivacyParams,
         members=members,

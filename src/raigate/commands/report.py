@@ -9,7 +9,13 @@ from typing import Annotated, Literal
 
 import typer
 
-from raigate.cli_common import DeviceOpt, format_table, handle_errors, resolve_device
+from raigate.cli_common import (
+    DeviceOpt,
+    TrustCodeOpt,
+    format_table,
+    handle_errors,
+    resolve_device,
+)
 from raigate.errors import GateFailed
 
 keys_app = typer.Typer(
@@ -49,14 +55,22 @@ def audit_cmd(
         ),
     ] = None,
     device: DeviceOpt = "auto",
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Run an audit plan and write report.json, report.html, model-card.md, junit.xml and
-    (with --key) a signed attestation. Exit 0 when every gate passes, 1 when one fails."""
-    from raigate.audit.runner import run_audit
+    (with --key) a signed attestation. Exit 0 when every gate passes, 1 when one fails.
+    --out must be new, empty or a bundle of an earlier run, which is emptied first.
+    --trust-code does what the plan's trust_code = true does; untrained models are allowed
+    per model in the plan (random_init = true)."""
+    from raigate.audit.runner import prepare_out_dir, run_audit
     from raigate.config import load_plan
 
+    prepare_out_dir(out)  # before the plan is read: a bad plan leaves no old report behind
+    loaded = load_plan(plan)
+    if trust_code:
+        loaded = loaded.model_copy(update={"trust_code": True})
     outcome = run_audit(
-        load_plan(plan),
+        loaded,
         out,
         key=key,
         fail_on=fail_on,
@@ -112,24 +126,40 @@ def print_verdict(outcome: object) -> None:
 def verify_cmd(
     bundle: Annotated[Path, typer.Argument(help="report folder written by raigate audit")],
     key: Annotated[Path, typer.Option("--key", help="the signer's public key (raigate.pub)")],
-    require_model_files: Annotated[
+    model_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--model-root",
+            help="folder the signed model files are named relative to (default: the plan's "
+            "folder, as recorded relative to the bundle)",
+        ),
+    ] = None,
+    skip_model_files: Annotated[
         bool,
         typer.Option(
-            "--require-model-files",
-            help="fail when a signed model file outside the bundle is absent",
+            "--skip-model-files",
+            help="verify the bundle alone and list the model files left unchecked",
         ),
     ] = False,
 ) -> None:
-    """Offline: check the signature, then every signed file's sha256. Exit 0 only when all
-    hold; 1 names the first file that does not."""
+    """Offline: check the signature, that the folder holds only signed files, every signed
+    file's sha256 and every model file's (found relative to the plan's folder or
+    --model-root). Exit 0 only when all hold; 1 names the first file that does not."""
     from raigate.audit.runner import verify_bundle
+    from raigate.reports.attest import MODEL_PREFIX
 
-    v = verify_bundle(bundle, key, require_model_files=require_model_files)
-    pred = v.statement.get("predicate", {})
+    v = verify_bundle(bundle, key, model_root=model_root, skip_model_files=skip_model_files)
+    pred = v.statement["predicate"]
+    models = [n for n in v.checked if n.startswith(MODEL_PREFIX)]
     typer.echo(f"signature OK ({key})")
-    typer.echo(f"{len(v.checked)} signed files match their sha256")
-    for path in v.external_unchecked:
-        typer.echo(f"not checked (absent here): {path}")
+    typer.echo(
+        f"{len(v.checked) - len(models)} signed files match their sha256; the folder holds "
+        "nothing else"
+    )
+    if models:
+        typer.echo(f"{len(models)} model files match their sha256 (under {v.model_root})")
+    for name in v.skipped_model_files:
+        typer.echo(f"not checked (--skip-model-files): {name}")
     typer.echo(
         f"verdict signed: {str(pred.get('verdict', '?')).upper()}, model "
         f"{pred.get('model_digest')}, data {pred.get('data_manifest_digest')}"

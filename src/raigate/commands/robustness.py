@@ -21,10 +21,12 @@ from raigate.cli_common import (
     LimitOpt,
     MeanOpt,
     ModelOpt,
+    RandomInitOpt,
     SampleOpt,
     SeedOpt,
     StdOpt,
     TaskOpt,
+    TrustCodeOpt,
     WeightsOpt,
     format_table,
     handle_errors,
@@ -212,6 +214,8 @@ def robustness_cmd(
     ] = 1000,
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers")] = 0,
     label_map: LabelMapOpt = None,
+    trust_code: TrustCodeOpt = False,
+    random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Accuracy under FGSM/PGD/ART attacks over an eps sweep, per group; with
@@ -262,9 +266,18 @@ def robustness_cmd(
     )
     data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
     model = load_model_from_options(
-        model_spec, weights, class_names, input_size, mean, std, data=data
+        model_spec, weights, class_names, input_size, mean, std, data=data,
+        trust_code=trust_code, random_init=random_init,
+    )  # fmt: skip
+    smoothing_base = None
+    if smoothing_model:  # loaded here so --trust-code and --random-init apply to it too
+        smoothing_base = load_model_from_options(
+            smoothing_model, None, None, None, None, None, data=data,
+            trust_code=trust_code, random_init=random_init,
+        )  # fmt: skip
+    result = robustness.run(
+        model, data, params, out_dir=out, echo=typer.echo, smoothing_base=smoothing_base
     )
-    result = robustness.run(model, data, params, out_dir=out, echo=typer.echo)
     path = result.write(out)
     print_robustness(result)
     typer.echo(f"\nwrote {path}")
@@ -368,6 +381,8 @@ def harden_smoothing_cmd(
     sample: SampleOpt = None,
     seed: SeedOpt = 0,
     label_map: LabelMapOpt = None,
+    trust_code: TrustCodeOpt = False,
+    random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train the model with Gaussian noise augmentation (Cohen et al. 2019) so its smoothed
@@ -377,8 +392,9 @@ def harden_smoothing_cmd(
 
     data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
     model = load_model_from_options(
-        model_spec, weights, class_names, input_size, mean, std, data=data
-    )
+        model_spec, weights, class_names, input_size, mean, std, data=data,
+        trust_code=trust_code, random_init=random_init,
+    )  # fmt: skip
     res = harden_smoothing(
         model, data, out, sigma=sigma, epochs=epochs, lr=lr, batch_size=batch_size,
         seed=seed, device=resolve_device(device), label_map=read_label_map(label_map),
@@ -386,13 +402,14 @@ def harden_smoothing_cmd(
     )  # fmt: skip
     rep = res.report
     typer.echo(
-        f"trained {model.spec} with Gaussian noise sigma={sigma:g} for {epochs} epoch(s) on "
-        f"{len(data)} images in {rep.seconds:.1f}s (accuracy on the noisy training batches, "
-        f"last epoch: {rep.accuracies[-1]:.4f}; loss {rep.losses[-1]:.4f})"
+        f"trained {model.display_name} with Gaussian noise sigma={sigma:g} for {epochs} "
+        f"epoch(s) on {len(data)} images in {rep.seconds:.1f}s (accuracy on the noisy training "
+        f"batches, last epoch: {rep.accuracies[-1]:.4f}; loss {rep.losses[-1]:.4f})"
     )
     typer.echo(f"digest  {res.digest}")
     typer.echo(f"wrote {res.model_spec}, {res.weights} and {res.record}")
     original = f"{model_spec}" + (f" --weights {weights}" if weights else "")
+    original += " --random-init" if model.random_init else ""
     typer.echo(
         f"next: raigate robustness --model {original} --smoothing-model {res.model_spec} "
         f"--data {data_spec} --smoothing-sigma {sigma:g} --out DIR   (attacks the original, "

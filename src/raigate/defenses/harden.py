@@ -96,7 +96,7 @@ def harden_smoothing(
 
     >>> import raigate, tempfile
     >>> data = raigate.load_data("demo:train", limit=64)
-    >>> model = raigate.load_model("raigate.zoo:small_cnn", data=data)
+    >>> model = raigate.load_model("raigate.zoo:small_cnn", data=data, random_init=True)
     >>> res = harden_smoothing(model, data, tempfile.mkdtemp(), sigma=0.25, epochs=1,
     ...                        progress=False)
     >>> raigate.load_model(str(res.model_spec)).digest == res.digest
@@ -140,7 +140,11 @@ def harden_smoothing(
                 "optimizer": f"Adam lr={lr}",
                 "batch_size": batch_size,
                 "seed": seed,
-                "base_model": {"spec": model.spec, "digest": model.digest},
+                "base_model": {
+                    "spec": model.spec,
+                    "digest": model.digest,
+                    "random_init": model.random_init,
+                },
                 "hardened_model": {"spec": spec.name, "digest": digest},
                 "data": {
                     "spec": data.spec,

@@ -181,6 +181,7 @@ class SmoothedClassifier(Model):
             class_names=model.class_names,
             input_shape=model.input_shape,
             spec=f"smoothed(sigma={sigma:g}):{model.spec}",
+            random_init=model.random_init,
             digest=model.digest,
             files=model.files,
             capabilities=Capabilities(

@@ -9,7 +9,11 @@ Spec forms (one :class:`Model` behind all of them)::
     FILE.json                                                  a raigate model spec file
 
 >>> from raigate.models import load_model
->>> model = load_model("raigate.zoo:small_cnn", class_names=["a", "b"], input_size=(3, 32, 32))
+>>> model = load_model(
+...     "raigate.zoo:small_cnn", class_names=["a", "b"], input_size=(3, 32, 32), random_init=True
+... )
+>>> model.random_init  # no --weights: an untrained network, and every report says so
+True
 >>> model.num_classes
 2
 """

@@ -45,6 +45,12 @@ def require_class_names(spec: str, options: ModelOptions) -> tuple[str, ...]:
     return names
 
 
+def names_from_data(options: ModelOptions) -> bool:
+    """Whether :func:`require_class_names` fell back to the dataset's labels: then a
+    mismatch with the model's outputs is most likely that fallback, not a broken model."""
+    return not options.class_names and bool(options.data_class_names)
+
+
 def require_input_size(spec: str, options: ModelOptions) -> tuple[int, int, int]:
     """Formats without an input size need it for the adapter's shape checks and dummy pass."""
     size = options.input_size or options.data_input_size

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from raigate.errors import ConfigError
+from raigate.results import RANDOM_INIT_MARK
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class Model(nn.Module):
     network (train it, fold it, privatize it); the adapter only adds normalization, metadata
     and a digest. ``train()`` on the adapter is refused silently (it stays in eval mode) so a
     check can never change BatchNorm statistics or dropout behaviour by accident.
+    ``random_init`` marks a network built without trained weights: every report names it.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class Model(nn.Module):
         files: Sequence[dict[str, Any]] = (),
         capabilities: Capabilities | None = None,
         source: str = "module",
+        random_init: bool = False,
     ) -> None:
         super().__init__()
         shape = tuple(int(v) for v in input_shape)
@@ -154,6 +157,7 @@ class Model(nn.Module):
         self.input_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
         self.spec = spec
         self.source = source
+        self.random_init = bool(random_init)
         self.files: list[dict[str, Any]] = [dict(f) for f in files]
         self.capabilities = capabilities or detect_capabilities(net)
         self._digest = digest
@@ -195,6 +199,11 @@ class Model(nn.Module):
             return t.device
         return torch.device("cpu")
 
+    @property
+    def display_name(self) -> str:
+        """The spec as a person should read it: a random-init model says so."""
+        return self.spec + (RANDOM_INIT_MARK if self.random_init else "")
+
     def train(self, mode: bool = True) -> Model:
         """Always eval: train ``model.net`` directly when you mean to train."""
         return super().train(False)
@@ -204,6 +213,7 @@ class Model(nn.Module):
         return {
             "spec": self.spec,
             "source": self.source,
+            "random_init": self.random_init,
             "class_names": list(self.class_names),
             "input_shape": list(self.input_shape),
             "num_parameters": self.num_parameters,

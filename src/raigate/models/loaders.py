@@ -13,27 +13,27 @@ kind            what it reads
 
 Nothing here unpickles arbitrary objects: weights go through ``torch.load(weights_only=True)``
 or safetensors, TorchScript through its own restricted loader, and ``.pt2`` archives are
-loaded with ``torch.load`` forced to weights-only (see :func:`load_export`).
+loaded with ``torch.load`` forced to weights-only (see :func:`load_export`). A factory that a
+JSON spec (or a plan) names runs only if it is raigate's own or trusted
+(:mod:`raigate.models.factories`); a factory without weights only with ``random_init``.
 
 >>> import tempfile, pathlib
 >>> from raigate.models import load_model
 >>> spec = pathlib.Path(tempfile.mkdtemp()) / "demo.json"
 >>> _ = write_model_spec(spec, factory="raigate.zoo:small_cnn", class_names=["a", "b"],
 ...                      input_shape=(3, 32, 32))
->>> load_model(str(spec)).class_names
-('a', 'b')
+>>> model = load_model(str(spec), random_init=True)  # no weights: an untrained network
+>>> model.class_names, model.display_name  # doctest: +ELLIPSIS
+(('a', 'b'), '... (RANDOM INIT)')
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import json
 import os
 import pickle
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,12 +42,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import Tensor, nn
 
 from raigate._io import sha256_file, write_atomic
-from raigate.errors import ConfigError, ModelLoadError, SpecError
+from raigate.errors import ConfigError, ModelLoadError
 from raigate.models._common import (
     existing_file,
     file_record,
     is_pt2,
     is_torchscript,
+    names_from_data,
     one_line,
     require_class_names,
     require_input_size,
@@ -55,6 +56,7 @@ from raigate.models._common import (
     zip_names,
 )
 from raigate.models.base import Capabilities, Model, module_tensors, state_digest
+from raigate.models.factories import build_network, check_trust
 from raigate.models.specs import _FACTORY_RE, ModelLoader, ModelOptions
 from raigate.models.weights import apply_state_dict, load_state_dict_file
 
@@ -66,13 +68,19 @@ __all__ = [
     "load_factory",
     "load_json",
     "load_torchscript",
-    "resolve_factory",
     "write_model_spec",
 ]
 
 
 # -- shared helpers ------------------------------------------------------------------------
-def _check_output_width(net: nn.Module, input_size: Sequence[int], classes: int, spec: str) -> None:
+def _check_output_width(
+    net: nn.Module,
+    input_size: Sequence[int],
+    classes: int,
+    spec: str,
+    *,
+    names_from_data: bool = False,
+) -> None:
     """One forward pass on zeros: a wrong head or input size fails here, not mid-audit."""
     shape = [2, *input_size]
     try:
@@ -92,6 +100,12 @@ def _check_output_width(net: nn.Module, input_size: Sequence[int], classes: int,
             f"model {spec!r} returns shape {list(out.shape)} for a batch of 2; "
             "expected logits of shape [batch, classes]"
         )
+    if out.shape[1] != classes and names_from_data:
+        raise ModelLoadError(
+            f"model {spec!r} outputs {out.shape[1]} logits but the data has {classes} labels "
+            "(class names taken from the data): pass --class-names in the model's output order "
+            "(and --label-map if the names differ from the data's)"
+        )
     if out.shape[1] != classes:
         raise ModelLoadError(
             f"model {spec!r} outputs {out.shape[1]} logits but {classes} class names were given; "
@@ -99,69 +113,18 @@ def _check_output_width(net: nn.Module, input_size: Sequence[int], classes: int,
         )
 
 
-# -- factory -------------------------------------------------------------------------------
-def resolve_factory(target: str, spec: str | None = None) -> Callable[..., Any]:
-    """Import ``pkg.module:attr`` the way Python imports user code, from cwd or PYTHONPATH."""
-    spec = spec or target
-    if not _FACTORY_RE.match(target):
-        raise SpecError(f"factory {target!r} in {spec!r} is not of the form pkg.module:factory")
-    module_name, attr = target.split(":")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        # `python -m` puts cwd first; a console script does not. Users expect the former.
-        sys.path.insert(0, cwd)
-    importlib.invalidate_caches()
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise SpecError(
-                f"cannot import module {module_name!r} for model spec {spec!r}: not found in "
-                f"the current directory ({cwd}) or on PYTHONPATH"
-            ) from e
-        raise SpecError(
-            f"importing {module_name!r} for model spec {spec!r} failed: {one_line(e)}"
-        ) from e
-    except Exception as e:  # user code: a SyntaxError or anything its import runs
-        raise SpecError(
-            f"importing {module_name!r} for model spec {spec!r} failed: {one_line(e)}"
-        ) from e
-    factory = getattr(module, attr, None)
-    if factory is None:
-        where = getattr(module, "__file__", None) or module_name
-        raise SpecError(
-            f"module {module_name!r} ({where}) has no attribute {attr!r} (spec {spec!r})"
+def _require_weights(spec: str, weights: Path | None, options: ModelOptions) -> None:
+    """A factory without weights is a randomly initialised network: auditing it by accident
+    gives numbers (and a signature) about nothing, so it must be asked for by name."""
+    if weights is None and not options.random_init:
+        raise ModelLoadError(
+            f"model spec {spec!r} builds a network but names no weights, so it would be "
+            "randomly initialised: pass --weights FILE, or --random-init (plan: random_init = "
+            "true; Python: random_init=True) to audit an untrained network on purpose"
         )
-    if not callable(factory):
-        raise SpecError(f"{target!r} is a {type(factory).__name__}, not a callable factory")
-    return factory  # type: ignore[no-any-return]
 
 
-def _accepts_num_classes(factory: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-    p = params.get("num_classes")
-    return p is not None and p.kind is not inspect.Parameter.POSITIONAL_ONLY
-
-
-def _build(
-    factory: Callable[..., Any], kwargs: dict[str, Any], classes: int, name: str
-) -> nn.Module:
-    kwargs = dict(kwargs)
-    if "num_classes" not in kwargs and _accepts_num_classes(factory):
-        kwargs["num_classes"] = classes
-    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    try:
-        net = factory(**kwargs)
-    except Exception as e:
-        raise ModelLoadError(f"calling {name}({shown}) failed: {one_line(e)}") from e
-    if not isinstance(net, nn.Module):
-        raise ModelLoadError(f"{name} returned a {type(net).__name__}, not a torch.nn.Module")
-    return net
-
-
+# -- factory -------------------------------------------------------------------------------
 def _with_weights(net: nn.Module, weights: Path | None) -> list[dict[str, Any]]:
     if weights is None:
         return []
@@ -170,17 +133,24 @@ def _with_weights(net: nn.Module, weights: Path | None) -> list[dict[str, Any]]:
 
 
 def load_factory(spec: str, target: str, options: ModelOptions) -> Model:
-    """``pkg.module:factory`` plus optional ``--weights``; ``num_classes`` goes to the factory
-    when it takes one, so ``raigate.zoo:resnet20`` fits any number of class names."""
+    """``pkg.module:factory`` plus ``--weights``; ``num_classes`` goes to the factory when it
+    takes one, so ``raigate.zoo:resnet20`` fits any number of class names. Named by the
+    caller it is the caller's code; read from a plan (``spec_origin``) it follows the trust
+    rules of :mod:`raigate.models.factories`."""
+    check_trust(target, origin=options.spec_origin, trust_code=options.trust_code)
     names = require_class_names(spec, options)
     shape = require_input_size(spec, options)
-    net = _build(resolve_factory(target, spec), {}, len(names), target)
+    _require_weights(spec, options.weights, options)
+    net = build_network(
+        target, num_classes=len(names), origin=options.spec_origin, trust_code=options.trust_code
+    )
     files = _with_weights(net, options.weights)
     net.eval()
-    _check_output_width(net, shape, len(names), spec)
+    _check_output_width(net, shape, len(names), spec, names_from_data=names_from_data(options))
     return Model(
         net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
         spec=spec, digest=state_digest(module_tensors(net)), files=files, source="factory",
+        random_init=options.weights is None,
     )  # fmt: skip
 
 
@@ -205,7 +175,7 @@ def load_torchscript(spec: str, target: str, options: ModelOptions) -> Model:
     except (RuntimeError, ValueError) as e:
         raise ModelLoadError(f"{not_ts} ({one_line(e)})") from e
     net.eval()
-    _check_output_width(net, shape, len(names), spec)
+    _check_output_width(net, shape, len(names), spec, names_from_data=names_from_data(options))
     return Model(
         net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
         spec=spec, files=[file_record(p)], source="torchscript",
@@ -338,7 +308,7 @@ def load_export(spec: str, target: str, options: ModelOptions) -> Model:
     else:
         shape = require_input_size(spec, options)
     net = ExportedNet(ep.module(), batch)
-    _check_output_width(net, shape, len(names), spec)
+    _check_output_width(net, shape, len(names), spec, names_from_data=names_from_data(options))
     return Model(
         net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
         spec=spec, files=[file_record(p)], capabilities=_export_capabilities(ep),
@@ -401,6 +371,8 @@ def load_json(spec: str, target: str, options: ModelOptions) -> Model:
     p = existing_file(target, "model spec file")
     doc = _read_spec_file(p)
     src = str(p)
+    # The spec file is data: its factory runs only if built in or trusted, never imported first.
+    check_trust(doc.factory, origin=src, trust_code=options.trust_code)
     same_or_conflict("class names", doc.class_names, options.class_names, src)
     same_or_conflict("input size", doc.input_shape, options.input_size, src)
     same_or_conflict("mean", doc.mean, options.mean, src)
@@ -417,7 +389,11 @@ def load_json(spec: str, target: str, options: ModelOptions) -> Model:
     weights = weights or options.weights
     names = tuple(doc.class_names) if doc.class_names else require_class_names(spec, options)
     shape = tuple(doc.input_shape) if doc.input_shape else require_input_size(spec, options)
-    net = _build(resolve_factory(doc.factory, spec), doc.kwargs, len(names), doc.factory)
+    _require_weights(spec, weights, options)
+    net = build_network(
+        doc.factory, kwargs=doc.kwargs, num_classes=len(names), origin=src,
+        trust_code=options.trust_code,
+    )  # fmt: skip
     if weights is not None and doc.weights_sha256 is not None and weights.is_file():
         actual = sha256_file(weights)
         if actual != doc.weights_sha256.removeprefix("sha256:"):
@@ -427,12 +403,14 @@ def load_json(spec: str, target: str, options: ModelOptions) -> Model:
             )
     files = [file_record(p), *_with_weights(net, weights)]
     net.eval()
-    _check_output_width(net, shape, len(names), spec)
+    from_data = not doc.class_names and names_from_data(options)
+    _check_output_width(net, shape, len(names), spec, names_from_data=from_data)
     return Model(
         net, class_names=names, input_shape=shape,
         mean=doc.mean if doc.mean is not None else options.mean,
         std=doc.std if doc.std is not None else options.std,
         spec=spec, digest=state_digest(module_tensors(net)), files=files, source="json",
+        random_init=weights is None,
     )  # fmt: skip
 
 

@@ -34,6 +34,11 @@ class ModelOptions:
     self-describing format; ``data_class_names``/``data_input_size`` come from the dataset
     the command runs on and only fill gaps (an HF model at 224x224 may run on 32x32 images:
     the dataset is resized to the model, not the other way round).
+
+    ``trust_code``: import factories that a file names even outside raigate's built-ins;
+    ``spec_origin``: the file the spec string itself was read from (a plan), so that a bare
+    ``pkg.module:factory`` there is treated as read from a file, not named by the caller;
+    ``random_init``: a factory without weights is meant (an untrained network), not a mistake.
     """
 
     weights: Path | None = None
@@ -43,6 +48,9 @@ class ModelOptions:
     std: tuple[float, ...] | None = None
     data_class_names: tuple[str, ...] | None = None
     data_input_size: tuple[int, int, int] | None = None
+    trust_code: bool = False
+    random_init: bool = False
+    spec_origin: str | None = None
 
 
 ModelLoader = Callable[[str, str, ModelOptions], Model]
@@ -98,11 +106,19 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     data: Dataset | None = None,
+    trust_code: bool = False,
+    random_init: bool = False,
+    spec_origin: str | None = None,
 ) -> Model:
     """Load any model spec as a :class:`Model` in eval mode.
 
     ``class_names`` and ``input_size`` default to the dataset's label names and image shape
     when ``data`` is given and the format carries none.
+
+    Code a file names (a ``FILE.json`` spec's factory; any factory when ``spec_origin`` says
+    the spec was read from a plan) runs only if it is one of raigate's own model factories
+    or ``trust_code=True`` (see :mod:`raigate.models.factories`). A factory without weights
+    is refused unless ``random_init=True``; the model is then marked ``random_init``.
     """
     _builtin_loaders()
     kind, target = parse_model_spec(spec)
@@ -116,6 +132,9 @@ def load_model(
         input_size=tuple(int(v) for v in input_size) if input_size else None,  # type: ignore[arg-type]
         mean=tuple(float(v) for v in mean) if mean else None,
         std=tuple(float(v) for v in std) if std else None,
+        trust_code=trust_code,
+        random_init=random_init,
+        spec_origin=spec_origin,
     )
     if data is not None:
         options = replace(

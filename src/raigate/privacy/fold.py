@@ -30,7 +30,6 @@ of a batch (each output depends on the batch mean), so Opacus refuses it. Two wa
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Any, Literal
 
 import torch
@@ -185,20 +184,11 @@ def private_net(
 ) -> nn.Module:
     """Factory for the model spec DP training writes: ``base`` (``pkg.module:factory``) built
     with ``base_kwargs``, then the same BatchNorm change as in training, so the trained
-    weights load strictly. ``num_classes`` goes to ``base`` when it takes one."""
-    from raigate.models.loaders import resolve_factory
+    weights load strictly. ``num_classes`` goes to ``base`` when it takes one. Called while
+    an untrusted spec file loads, ``base`` follows that file's trust rules
+    (:mod:`raigate.models.factories`)."""
+    from raigate.models.factories import build_network
 
-    factory = resolve_factory(base)
-    kwargs = dict(base_kwargs or {})
-    if num_classes is not None and "num_classes" not in kwargs:
-        try:
-            takes = "num_classes" in inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            takes = False
-        if takes:
-            kwargs["num_classes"] = num_classes
-    net = factory(**kwargs)
-    if not isinstance(net, nn.Module):
-        raise ConfigError(f"{base} returned a {type(net).__name__}, not a torch.nn.Module")
+    net = build_network(base, kwargs=base_kwargs, num_classes=num_classes)
     rebuilt, _ = rebuild(net.eval(), batchnorm)
     return rebuilt

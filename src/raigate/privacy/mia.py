@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import beta as beta_dist
+from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from raigate.data.base import Dataset
@@ -48,6 +49,7 @@ __all__ = [
     "AttackResult",
     "ModelOutputs",
     "art_blackbox_scores",
+    "auc_interval",
     "clopper_pearson",
     "empirical_epsilon",
     "model_outputs",
@@ -124,6 +126,22 @@ def empirical_epsilon(
         "alpha": alpha,
         "delta": delta,
     }
+
+
+def auc_interval(auc: float, n_pos: int, n_neg: int, alpha: float) -> tuple[float, float]:
+    """Two-sided ``1 - alpha`` interval of an AUC (Hanley & McNeil 1982, their eq. 2: the
+    Mann-Whitney statistic's variance with ``Q1 = A/(2-A)``, ``Q2 = 2A^2/(1+A)``), clipped to
+    [0, 1]; pass ``2 * a`` for a one-sided bound at level ``a``.
+
+    >>> lo, hi = auc_interval(0.5, 1000, 1000, 0.05)
+    >>> round(hi - 0.5, 4)
+    0.0253
+    """
+    a = float(auc)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    half = float(norm.ppf(1 - alpha / 2)) * math.sqrt(max(var, 0.0))
+    return max(0.0, a - half), min(1.0, a + half)
 
 
 def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:

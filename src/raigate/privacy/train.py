@@ -178,15 +178,6 @@ class _Source:
     pretrained: bool
 
 
-def _takes_num_classes(factory: Any) -> bool:
-    import inspect
-
-    try:
-        return "num_classes" in inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _norm_values(model: Model) -> tuple[list[float] | None, list[float] | None]:
     if model.normalize.is_identity:
         return None, None
@@ -205,10 +196,13 @@ def _source(
     mean: list[float] | None,
     std: list[float] | None,
     factory: str | None,
+    trust_code: bool = False,
 ) -> _Source:
-    """Resolve what to train into a bare network plus what rebuilding it needs."""
+    """Resolve what to train into a bare network plus what rebuilding it needs. A factory
+    without weights is a legitimate random start here (DP-SGD trains it from scratch)."""
     from raigate.models import load_model
-    from raigate.models.loaders import ModelSpecFile, resolve_factory
+    from raigate.models.factories import build_network
+    from raigate.models.loaders import ModelSpecFile
     from raigate.models.weights import apply_state_dict, load_state_dict_file
 
     shape = tuple(int(v) for v in data.shape)
@@ -217,7 +211,9 @@ def _source(
         if spec.endswith(".json"):
             if kwargs:
                 raise ConfigError("kwargs come from the model spec file; do not pass them too")
-            loaded = load_model(spec, weights=weights, data=data)
+            loaded = load_model(
+                spec, weights=weights, data=data, trust_code=trust_code, random_init=True
+            )
             doc = ModelSpecFile.model_validate_json(Path(spec).read_text(encoding="utf-8"))
             m, s = _norm_values(loaded)
             return _Source(
@@ -235,21 +231,15 @@ def _source(
                 f"DP training rebuilds the network, so --model must be pkg.module:factory "
                 f"[--weights FILE] or a raigate model spec .json, not {spec!r}"
             )
-        fn = resolve_factory(spec)
-        kw = dict(kwargs or {})
-        if "num_classes" not in kw and _takes_num_classes(fn):
-            kw["num_classes"] = len(data.class_names)
-        try:
-            net = fn(**kw)
-        except Exception as exc:
-            raise ConfigError(f"calling {spec}({kw}) failed: {exc}") from exc
+        # Named by the caller (--model pkg.module:factory): the caller's own code.
+        net = build_network(spec, kwargs=kwargs, num_classes=len(data.class_names))
         if weights is not None:
             apply_state_dict(net, load_state_dict_file(weights), source=weights)
         wrapped = Model(
             net, class_names=data.class_names, input_shape=shape, mean=mean, std=std
         )  # validates class names, shape and normalization
         m, s = _norm_values(wrapped)
-        base_kwargs = {k: v for k, v in kw.items() if k != "num_classes"}
+        base_kwargs = {k: v for k, v in (kwargs or {}).items() if k != "num_classes"}
         return _Source(
             net,
             wrapped.class_names,
@@ -396,6 +386,7 @@ def run_private_training(
     factory: str | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     resume: str | os.PathLike[str] | None = None,
+    trust_code: bool = False,
 ) -> PrivateTraining:
     """Retrain ``model`` on ``train_data`` with DP-SGD to ``params.epsilon`` (see the module
     docstring for the recipe). ``model`` is a factory spec (``pkg.module:factory`` with
@@ -403,7 +394,7 @@ def run_private_training(
     a bare module (pass ``factory`` so the saved spec can rebuild it). With ``out_dir``,
     writes ``model.safetensors``, ``model.json``, ``ledger.json``, ``checkpoint.pt`` and
     (with canaries) ``canaries.json`` there; ``resume`` continues the run saved in that
-    folder."""
+    folder. ``trust_code``: a ``.json`` spec may name a factory outside raigate's own."""
     params = params or DPParams()
     start = time.perf_counter()
     rank, world, started_group = _distributed(params.device)
@@ -419,6 +410,7 @@ def run_private_training(
             factory=factory,
             out_dir=out_dir,
             resume=resume,
+            trust_code=trust_code,
             rank=rank,
             world=world,
             start=start,
@@ -442,6 +434,7 @@ def _run(
     factory: str | None,
     out_dir: str | os.PathLike[str] | None,
     resume: str | os.PathLike[str] | None,
+    trust_code: bool,
     rank: int,
     world: int,
     start: float,
@@ -459,8 +452,9 @@ def _run(
     device = torch.device(params.device)
     torch.manual_seed(params.seed)  # initial weights of a factory built here
     src = _source(
-        model, train_data, kwargs=kwargs, weights=weights, mean=mean, std=std, factory=factory
-    )
+        model, train_data, kwargs=kwargs, weights=weights, mean=mean, std=std, factory=factory,
+        trust_code=trust_code,
+    )  # fmt: skip
     if out is not None and src.base is None:
         raise ConfigError(
             "cannot write a model spec for a bare module: pass factory='pkg.module:factory' "
@@ -799,7 +793,9 @@ def _run(
             spec_path = _save_model(out, net, src, action)
             from raigate.models import load_model
 
-            trained = load_model(str(spec_path))
+            # Our own output: its base factory was already imported and run above, by the
+            # caller's choice (named, or trusted), so rebuilding it needs no new trust.
+            trained = load_model(str(spec_path), trust_code=True)
             with torch.no_grad():
                 probe = torch.rand(2, *src.input_shape, generator=_rng(params.seed, 98))
                 expected = net(normalize.cpu()(probe))
@@ -962,6 +958,7 @@ def train_private(
     factory: str | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     resume: str | os.PathLike[str] | None = None,
+    trust_code: bool = False,
     **options: Any,
 ) -> tuple[Model, Ledger]:
     """DP-SGD retraining in one call: returns the trained :class:`Model` and its
@@ -979,5 +976,6 @@ def train_private(
         factory=factory,
         out_dir=out_dir,
         resume=resume,
+        trust_code=trust_code,
     )
     return run.model, run.ledger

@@ -23,6 +23,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://raigate.dev/audit-report/v1"
 PRIVATE_KEY_NAME = "raigate.key"
 PUBLIC_KEY_NAME = "raigate.pub"
+MODEL_PREFIX = "model:"  # subjects outside the bundle: model files, by plan-relative path
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -118,6 +121,35 @@ def key_id(public_key: Any) -> str:
 
 
 # -- statements --------------------------------------------------------------------------------
+def subject_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a subject, or None when it can.
+
+    A bundle file's name is a relative POSIX path, normalised (no empty or ``.`` parts, no
+    backslash) and confined to the bundle (no ``..``). A model file's name is
+    ``model:`` + a path relative to the folder it is resolved against (the plan's folder or
+    ``--model-root``): the same rules, except that it may start with ``..`` parts (a model
+    kept beside the plan's folder). Absolute names are never valid: a bundle must verify
+    wherever it is copied.
+    """
+    if not isinstance(name, str) or not name:
+        return "is not a non-empty string"
+    external = name.startswith(MODEL_PREFIX)
+    path = name[len(MODEL_PREFIX) :] if external else name
+    if "\\" in path or "\x00" in path:
+        return "holds a backslash or NUL; subject names are POSIX paths"
+    if path.startswith("/"):
+        return "is absolute; subject names are relative paths"
+    parts = path.split("/")
+    if any(part in ("", ".") for part in parts):
+        return "is not a normalised path (empty or '.' parts)"
+    ups = next((i for i, part in enumerate(parts) if part != ".."), len(parts))
+    if ".." in parts[ups:] or (ups and not external):
+        return "leads out of the bundle ('..')"
+    if ups == len(parts):
+        return "names no file"
+    return None
+
+
 def subject_for(path: str | os.PathLike[str], name: str) -> dict[str, Any]:
     """An in-toto subject: ``{"name", "digest": {"sha256"}}`` for a file."""
     return {"name": name, "digest": {"sha256": sha256_file(path)}}
@@ -149,33 +181,98 @@ def sign_statement(stmt: dict[str, Any], private_key: Any) -> dict[str, Any]:
     }
 
 
-def verify_envelope(envelope: dict[str, Any], public_key: Any) -> dict[str, Any]:
-    """Check the DSSE signature with ``public_key``; return the decoded Statement."""
+def verify_envelope(envelope: object, public_key: Any) -> dict[str, Any]:
+    """Check the DSSE signature with ``public_key``; return the decoded Statement.
+
+    Anything malformed (not an object, a non-list ``signatures``, bad base64, a payload that
+    is not a Statement) is a VerificationFailed with one line, never an internal error: an
+    attestation is input from whoever handed over the bundle.
+    """
     from cryptography.exceptions import InvalidSignature
 
-    try:
-        payload = base64.b64decode(envelope["payload"], validate=True)
-        payload_type = envelope["payloadType"]
-        sigs = envelope["signatures"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise VerificationFailed(
-            f"attestation is not a DSSE envelope (missing or bad {exc})"
-        ) from None
-    if payload_type != PAYLOAD_TYPE:
-        raise VerificationFailed(
-            f"attestation payloadType is {payload_type!r}, expected {PAYLOAD_TYPE}"
-        )
+    payload, payload_type, sigs = _envelope_parts(envelope)
     message = pae(payload_type, payload)
-    for entry in sigs:
+    for sig in sigs:
         try:
-            public_key.verify(base64.b64decode(entry["sig"], validate=True), message)
-        except (InvalidSignature, KeyError, TypeError, ValueError):
+            public_key.verify(sig, message)
+        except (InvalidSignature, ValueError):
             continue
-        stmt = json.loads(payload)
-        if stmt.get("_type") != STATEMENT_TYPE:
-            raise VerificationFailed("signed payload is not an in-toto Statement v1")
-        return stmt
+        return parse_statement(payload)
     raise VerificationFailed(
         "signature does not verify with this public key: the report was signed with another "
         "key or the attestation was changed"
     )
+
+
+def _b64(value: object, field: str) -> bytes:
+    if not isinstance(value, str):
+        raise VerificationFailed(f"attestation {field} is not a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:  # binascii.Error is a ValueError; so is non-ASCII text
+        raise VerificationFailed(f"attestation {field} is not valid base64") from None
+
+
+def _envelope_parts(envelope: object) -> tuple[bytes, str, list[bytes]]:
+    """``(payload, payloadType, [signature bytes])`` of a well-formed DSSE envelope."""
+    if not isinstance(envelope, dict):
+        raise VerificationFailed(
+            "attestation is not a DSSE envelope (a JSON object with payload, payloadType and "
+            "signatures)"
+        )
+    payload = _b64(envelope.get("payload"), "payload")
+    payload_type = envelope.get("payloadType")
+    if payload_type != PAYLOAD_TYPE:
+        raise VerificationFailed(
+            f"attestation payloadType is {payload_type!r}, expected {PAYLOAD_TYPE}"
+        )
+    entries = envelope.get("signatures")
+    if not isinstance(entries, list) or not entries:
+        raise VerificationFailed("attestation signatures is not a non-empty list")
+    sigs = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise VerificationFailed(f"attestation signatures[{i}] is not an object")
+        sigs.append(_b64(entry.get("sig"), f"signatures[{i}].sig"))
+    return payload, payload_type, sigs
+
+
+def parse_statement(payload: bytes) -> dict[str, Any]:
+    """The signed in-toto Statement, checked for shape: ``_type``, ``predicateType`` (this
+    predicate, nothing else), a predicate object, and a non-empty list of subjects, each a
+    unique well-formed name (``subject_name_problem``) with a hex sha256."""
+    try:
+        stmt = json.loads(payload)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        raise VerificationFailed("signed payload is not JSON") from None
+    if not isinstance(stmt, dict):
+        raise VerificationFailed("signed payload is not a JSON object (an in-toto Statement)")
+    if stmt.get("_type") != STATEMENT_TYPE:
+        raise VerificationFailed(
+            f"signed payload _type is {stmt.get('_type')!r}, expected {STATEMENT_TYPE}"
+        )
+    if stmt.get("predicateType") != PREDICATE_TYPE:
+        raise VerificationFailed(
+            f"signed predicateType is {stmt.get('predicateType')!r}, expected {PREDICATE_TYPE}"
+        )
+    if not isinstance(stmt.get("predicate"), dict):
+        raise VerificationFailed("signed predicate is not a JSON object")
+    subjects = stmt.get("subject")
+    if not isinstance(subjects, list) or not subjects:
+        raise VerificationFailed("signed subject is not a non-empty list")
+    seen: set[str] = set()
+    for i, subj in enumerate(subjects):
+        name = subj.get("name") if isinstance(subj, dict) else None
+        digest = subj.get("digest") if isinstance(subj, dict) else None
+        sha = digest.get("sha256") if isinstance(digest, dict) else None
+        if not isinstance(sha, str) or not _SHA256.match(sha):
+            raise VerificationFailed(
+                f"signed subject[{i}] is not {{name, digest: {{sha256: 64 hex digits}}}}"
+            )
+        problem = subject_name_problem(name)
+        if problem is not None:
+            raise VerificationFailed(f"signed subject[{i}] name {name!r} {problem}")
+        if name in seen:
+            raise VerificationFailed(f"signed subject[{i}] name {name!r} appears twice")
+        seen.add(name)
+    return stmt

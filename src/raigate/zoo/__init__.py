@@ -7,7 +7,9 @@ spec and the loader sizes the head from the class names.
 
 >>> import torch
 >>> from raigate.models import load_model
->>> model = load_model("raigate.zoo:resnet20", class_names=list("abc"), input_size=(3, 32, 32))
+>>> model = load_model(
+...     "raigate.zoo:resnet20", class_names=list("abc"), input_size=(3, 32, 32), random_init=True
+... )
 >>> model.logits(torch.rand(2, 3, 32, 32)).shape
 torch.Size([2, 3])
 """
