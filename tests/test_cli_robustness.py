@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from statsmodels.stats.proportion import proportion_confint
 from typer.testing import CliRunner
 
 from raigate.cli import app
@@ -58,8 +60,37 @@ def test_robustness_end_to_end_on_the_hardened_model(hardened: Path, tmp_path: P
         "--eps", "4/255", "--norm", "linf,l2", "--pgd-steps", "2", "--smoothing-sigma", "0.25",
         "--eot-samples", "2", "--predict-n", "16", "--certify-n", "100", "--certify-n0", "10",
         "--certify-max-samples", "16", "--device", "cpu", "--out", str(tmp_path),
+        "--min-robust-accuracy", "pgd:l2:4/255=0.5",
+        "--min-robust-accuracy", "smoothed:fgsm:linf:4/255=0.95",
+        "--min-certified-accuracy", "0.1=0.2", "--gate-alpha", "0.1",
     )  # fmt: skip
-    assert code == 0, text
+    doc = json.loads((tmp_path / "result.json").read_text())
+    gated = {f["id"]: f for f in doc["findings"] if f["id"].startswith("robustness.min_")}
+    assert code == (1 if any(f["severity"] == "fail" for f in gated.values()) else 0), text
+    # each gate against statsmodels' Clopper-Pearson at alpha/m on the counts in result.json
+    rows = {(r["model"], r["attack"], r["norm"]): r for r in doc["metrics"]["attacks"]}
+    cert = pd.read_csv(tmp_path / "certification.csv")
+    counts = {
+        "robustness.min_robust_accuracy[pgd:l2:4/255]": (rows["base", "pgd", "l2"], 0.5),
+        "robustness.min_robust_accuracy[smoothed:fgsm:linf:4/255]": (
+            rows["smoothed", "fgsm", "linf"], 0.95,
+        ),
+    }  # fmt: skip
+    outcomes = {k: (r["correct"], r["n"], m) for k, (r, m) in counts.items()}
+    hit = cert["correct"] & (cert["radius"] >= 0.1)
+    outcomes["robustness.min_certified_accuracy[r=0.1]"] = (int(hit.sum()), len(cert), 0.2)
+    assert set(gated) == set(outcomes)
+    for fid, (k, n, minimum) in outcomes.items():
+        lo, hi = proportion_confint(k, n, alpha=0.1 / 3, method="beta")
+        want = "fail" if hi < minimum else "pass" if lo >= minimum else "warn"
+        assert gated[fid]["severity"] == want and f"[{lo:.4f}, {hi:.4f}]" in gated[fid]["message"]
+    assert doc["params"]["gates"]["m"] == 3 and doc["params"]["gate_alpha"] == 0.1
+    assert doc["verdict_scope"] is None
+    assert "robustness gates (3; two-sided Clopper-Pearson intervals at confidence 1 - 0.1/3" in (
+        text
+    )
+    verdict = max((f["severity"] for f in doc["findings"]), key=["pass", "warn", "fail"].index)
+    assert f"\nrobustness: {verdict.upper()}\n" in text  # gated: no scope note
     assert "attacks: about" in text
     assert "certify: 16 images x (10 selection + 100 estimation noise draws) = 1,760" in text
     assert "smoothed vs base (sigma=0.25; smoothed attacked with EOT m=2" in text
@@ -98,6 +129,12 @@ def test_smoothing_model_defends_with_the_variant_and_attacks_the_original(
     )
     assert code == 0, text
     variant = json.loads((tmp_path / "variant" / "result.json").read_text())
+    # no robustness gate: the verdict line names what it covers, never a bare PASS
+    assert variant["verdict_scope"] == "attack soundness checked; robustness not gated"
+    verdict = max((f["severity"] for f in variant["findings"]), key=["pass", "warn", "fail"].index)
+    label = f"{verdict.upper()} (attack soundness checked; robustness not gated)"
+    assert f"\nrobustness: {label}\n" in text
+    assert "[PASS] attack soundness: largest excess" in text
     alone = json.loads((tmp_path / "self" / "result.json").read_text())
     hardened_digest = alone["model"]["digest"]
     assert variant["model"]["digest"] != hardened_digest  # base rows: the untrained original
@@ -148,6 +185,54 @@ def test_smoothing_model_must_match_classes(hardened: Path, tmp_path: Path) -> N
         (["--attacks", "art:SquareAtack"], ["unknown ART evasion attack", "SquareAttack"]),
         (["--attacks", "art:SquareAttack", "--attack-params", "{bad"], ["--attack-params"]),
         (["--alpha", "0.9"], ["--alpha"]),
+        (
+            ["--min-robust-accuracy", "pgd=0.4"],
+            ["--min-robust-accuracy 'pgd=0.4' is not ATTACK:NORM:EPS=MIN"],
+        ),
+        (
+            ["--eps", "8/255", "--min-robust-accuracy", "pgd:linf:4/255=0.4"],
+            [
+                "--min-robust-accuracy: rule pgd:linf:4/255=0.4: eps 4/255 is not measured (eps: "
+                "8/255)"
+            ],
+        ),
+        (
+            ["--min-robust-accuracy", "pgd:l2:8/255=0.4"],
+            ["rule pgd:l2:8/255=0.4: norm l2 is not run (norms: linf)"],
+        ),
+        (
+            ["--attacks", "fgsm", "--min-robust-accuracy", "pgd:linf:8/255=0.4"],
+            ["attack pgd is not run (attacks: fgsm)"],
+        ),
+        (["--min-robust-accuracy", "pgd:linf:8/255=1.5"], ["min: Input should be less than"]),
+        (["--min-robust-accuracy", "pgd:linf:8/0=0.5"], ["expected a number like 0.25 or 8/255"]),
+        (
+            ["--min-robust-accuracy", "smoothed:pgd:linf:8/255=0.5"],
+            ["no smoothed model without smoothing_sigma"],
+        ),
+        (
+            [
+                "--attacks",
+                "fgsm,art:DeepFool",
+                "--min-robust-accuracy",
+                "art:DeepFool:linf:8/255=0.1",
+            ],
+            ["art:DeepFool takes no eps budget"],
+        ),
+        (["--min-certified-accuracy", "0.25=0.6"], ["--min-certified-accuracy", "needs smoothing"]),
+        (["--min-certified-accuracy", "0.25"], ["'0.25' is not RADIUS=MIN"]),
+        (
+            [
+                "--smoothing-sigma",
+                "0.25",
+                "--certify-n",
+                "100",
+                "--min-certified-accuracy",
+                "1=0.5",
+            ],
+            ["radius 1 cannot be certified with certify_n=100", "largest certifiable radius"],
+        ),
+        (["--gate-alpha", "0"], ["--gate-alpha", "greater than 0"]),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -178,3 +263,76 @@ def test_harden_bad_inputs(tmp_path: Path) -> None:
         *base, "--limit", "4", "--sigma", "0.5", "--epochs", "0", "--out", str(tmp_path)
     )
     assert_user_error(code, out, "--epochs must be >= 1")
+
+
+def _plan(tmp_path: Path, model: Path, checks: str) -> Path:
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'[model]\nspec = "{model}"\n[data]\nspec = "demo:test"\nsample = 24\n{checks}')
+    return plan
+
+
+_ROBUSTNESS = "eps = [0.01568627450980392]\npgd_steps = 2\nlarge_eps_check = false\n"
+
+
+def test_audit_says_robustness_not_gated_in_console_junit_and_html(
+    hardened: Path, tmp_path: Path
+) -> None:
+    """One check table without a robustness gate, one with a gate (the plan's table form
+    with an eps string, and the CLI's string form): only the first carries the scope."""
+    import xml.etree.ElementTree as ET
+
+    plan = _plan(
+        tmp_path, hardened,
+        f"[checks.robustness]\n{_ROBUSTNESS}"
+        f'[checks.gated]\ncheck = "robustness"\n{_ROBUSTNESS}'
+        'min_robust_accuracy = [{attack = "pgd", norm = "linf", eps = "4/255", min = 0.0}, '
+        '"fgsm:linf:4/255=0"]\n',
+    )  # fmt: skip
+    out = tmp_path / "out"
+    code, text = invoke("audit", str(plan), "--out", str(out), "--device", "cpu")
+    report = json.loads((out / "report.json").read_text())
+    assert code == (0 if report["verdict"] != "fail" else 1), text
+    ungated, gated = report["checks"]["robustness"], report["checks"]["gated"]
+    scope = "attack soundness checked; robustness not gated"
+    assert ungated["verdict_scope"] == scope and gated["verdict_scope"] is None
+    severities = {f["id"]: f["severity"] for f in gated["findings"]}
+    assert severities["robustness.min_robust_accuracy[pgd:linf:4/255]"] == "pass"  # min 0
+    assert gated["params"]["gates"]["rules"] == ["pgd:linf:4/255=0", "fgsm:linf:4/255=0"]
+
+    worst = max((f["severity"] for f in ungated["findings"]), key=["pass", "warn", "fail"].index)
+    label = f"{worst.upper()} ({scope})"
+    assert f"\nrobustness: {label}\n" in text  # print_verdict
+    assert f"robustness: {worst}; {scope} (" in text  # the runner's progress line
+    assert not [ln for ln in text.splitlines() if ln.startswith("gated: ")]  # gated: no note
+
+    suites = {s.get("name"): s for s in ET.parse(out / "junit.xml").getroot()}
+    rob = suites["robustness"]
+    (skipped,) = rob.iter("skipped")
+    assert skipped.get("message") == scope and rob.get("skipped") == "1"
+    assert {p.get("name"): p.get("value") for p in rob.iter("property")} == {"verdict": label}
+    assert suites["gated"].get("skipped") == "0" and not list(suites["gated"].iter("skipped"))
+    assert int(rob.get("tests")) == len(ungated["findings"]) + 1
+
+    page = (out / "report.html").read_text()
+    glance = page[page.index("id='glance'") : page.index("<h2>Gates</h2>")]
+    row = glance[glance.index("<code>robustness</code>") :].split("</tr>")[0]
+    assert f"<span class='scope'>({scope})</span>" in row
+    row = glance[glance.index("<code>gated</code>") :].split("</tr>")[0]
+    assert "not gated" not in row and "1 robustness gate(s)" not in row
+    assert "2 robustness gate(s), worst" in row
+    assert f"**{label}**" in (out / "model-card.md").read_text()
+
+
+def test_audit_refuses_a_rule_the_plan_does_not_measure_before_running(
+    hardened: Path, tmp_path: Path
+) -> None:
+    plan = _plan(
+        tmp_path, hardened,
+        f'[checks.robustness]\n{_ROBUSTNESS}min_robust_accuracy = ["pgd:linf:8/255=0.4"]\n',
+    )  # fmt: skip
+    code, out = invoke("audit", str(plan), "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert_user_error(
+        code, out, "checks.robustness.min_robust_accuracy",
+        "rule pgd:linf:8/255=0.4: eps 8/255 is not measured (eps: 4/255)",
+    )  # fmt: skip
+    assert not (tmp_path / "out" / "report.json").exists()

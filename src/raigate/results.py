@@ -8,7 +8,8 @@ Schema version "1"::
                    "threshold", "message"}],
      "artifacts": [relative paths], "seed": int, "environment": {...},
      "model": {"spec", "digest"}, "data": {"spec", "manifest_digest", "synthetic"},
-     "timing_s": float, "created_at": ISO-8601}
+     "timing_s": float, "created_at": ISO-8601,
+     "verdict_scope": null or what the verdict covers (e.g. robustness not gated)}
 
 Serialization is deterministic (sorted keys, NaN/inf as null, numpy scalars as Python
 numbers) so the same run gives the same bytes except ``created_at`` and ``timing_s``.
@@ -172,6 +173,12 @@ class CheckResult(_JsonDocument):
     data: DataRef
     timing_s: float = 0.0
     created_at: str = Field(default_factory=_now)
+    verdict_scope: str | None = Field(
+        None,
+        description="what the verdict covers when less than the check's name promises (e.g. "
+        "robustness without a robustness gate: 'attack soundness checked; robustness not "
+        "gated'); reports print it next to the verdict",
+    )
 
     @field_validator("params", "metrics", "environment", mode="before")
     @classmethod
@@ -184,6 +191,13 @@ class CheckResult(_JsonDocument):
         """The worst severity among the findings; ``pass`` when there are none."""
         worst = max((_SEVERITY_RANK[f.severity] for f in self.findings), default=0)
         return next(k for k, v in _SEVERITY_RANK.items() if v == worst)
+
+    @property
+    def verdict_label(self) -> str:
+        """``PASS``, or with a scope ``PASS (attack soundness checked; robustness not gated)``:
+        never a bare verdict for more than was checked."""
+        v = self.verdict.upper()
+        return f"{v} ({self.verdict_scope})" if self.verdict_scope else v
 
     def metric(self, name: str) -> float:
         """A scalar metric by name (KeyError names the ones that exist)."""

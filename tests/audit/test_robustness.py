@@ -3,11 +3,14 @@ evaluate check, per-group sums), and its gradient-masking findings on a model th
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from pydantic import ValidationError
+from scipy.stats import binom
 from scipy.stats import norm as gaussian
 from statsmodels.stats.proportion import proportion_confint
 from torch import nn
@@ -15,6 +18,14 @@ from torch import nn
 import raigate
 from raigate.attacks import to_art_classifier
 from raigate.audit import CHECKS, evaluate, robustness
+from raigate.audit.robustness_gates import (
+    NOT_GATED,
+    SEVERITIES,
+    CertifiedAccuracyRule,
+    RobustAccuracyRule,
+    decide,
+    detectable_shortfall,
+)
 from raigate.models.base import Normalize
 from raigate.training import fit
 from raigate.zoo import small_cnn
@@ -46,13 +57,21 @@ def test_data() -> raigate.Dataset:
     return raigate.load_data("demo:test", sample=64, seed=1)
 
 
+# the plan's table form and the CLI's string form, mixed: both must mean the same rules
+GATES = [
+    {"attack": "fgsm", "norm": "linf", "eps": "8/255", "min": 0.7},
+    "pgd:linf:8/255=0.9",
+    {"attack": "pgd", "norm": "linf", "eps": 2 / 255, "min": "1/2", "model": "smoothed"},
+]
+
+
 @pytest.fixture(scope="module")
 def result(trained: raigate.Model, test_data: raigate.Dataset, tmp_path_factory) -> tuple:
     out = tmp_path_factory.mktemp("robustness")
     params = robustness.RobustnessParams(
         eps=[2 / 255, 8 / 255], norms=["linf", "l2"], pgd_steps=3, smoothing_sigma=0.12,
         eot_samples=2, predict_n=16, certify_n=100, certify_n0=10, certify_max_samples=24,
-        progress=False,
+        progress=False, min_robust_accuracy=GATES, min_certified_accuracy=["0.1=0.6"],
     )  # fmt: skip
     messages: list[str] = []
     res = robustness.run(trained, test_data, params, out_dir=out, echo=messages.append)
@@ -86,6 +105,68 @@ def test_clean_and_fgsm_rows_equal_independent_computations(
         ours = base[(base["attack"] == "fgsm") & (base["norm"] == norm) & (base["eps"] == eps)]
         assert ours["accuracy"].item() == pytest.approx(independent)
         assert ours["n"].item() == len(y) == res.metrics["n"]
+
+
+def test_gates_decide_as_an_independent_clopper_pearson_on_the_per_image_outcomes(
+    trained: raigate.Model, test_data: raigate.Dataset, result: tuple
+) -> None:
+    """Each gate's severity equals FAIL/WARN/PASS from statsmodels' Clopper-Pearson interval at
+    alpha/m over outcomes counted here: FGSM's per image through ART, the certified ones
+    from certification.csv, the others from the rows' counts."""
+    from art.attacks.evasion import FastGradientMethod
+
+    res, out, _ = result
+    rows = res.table("attacks").set_index(["model", "attack", "norm", "eps_text"])
+    x = torch.stack([test_data[i][0] for i in range(len(test_data))])
+    y = test_data.labels
+    clf = to_art_classifier(trained)
+    x_adv = FastGradientMethod(clf, norm=np.inf, eps=8 / 255).generate(
+        x.numpy(), y=np.eye(2, dtype=np.float32)[y]
+    )
+    fgsm_ok = clf.predict(x_adv).argmax(1) == y  # per image, independent of raigate's attack
+    per = pd.read_csv(out / "certification.csv")
+    certified_ok = per["correct"].to_numpy() & (per["radius"].to_numpy() >= 0.1)
+    outcomes = {
+        "robustness.min_robust_accuracy[fgsm:linf:8/255]": (int(fgsm_ok.sum()), len(y), 0.7),
+        "robustness.min_robust_accuracy[pgd:linf:8/255]": (
+            int(rows.loc[("base", "pgd", "linf", "8/255"), "correct"]), len(y), 0.9,
+        ),
+        "robustness.min_robust_accuracy[smoothed:pgd:linf:2/255]": (
+            int(rows.loc[("smoothed", "pgd", "linf", "2/255"), "correct"]), len(y), 0.5,
+        ),
+        "robustness.min_certified_accuracy[r=0.1]": (int(certified_ok.sum()), len(per), 0.6),
+    }  # fmt: skip
+    alpha_each = 0.05 / 4  # Bonferroni over the 4 gates
+    found = {f.id: f for f in res.findings if f.id.startswith("robustness.min_")}
+    assert set(found) == set(outcomes)
+    for fid, (k, n, minimum) in outcomes.items():
+        lo, hi = proportion_confint(k, n, alpha=alpha_each, method="beta")
+        expected = "fail" if hi < minimum else "pass" if lo >= minimum else "warn"
+        f = found[fid]
+        assert (f.severity, f.value, f.threshold) == (expected, pytest.approx(k / n), minimum)
+        assert f"({k} of n={n})" in f.message and "m=4 gates" in f.message
+        assert f"[{lo:.4f}, {hi:.4f}]" in f.message and "98.75% two-sided exact" in f.message
+    assert {f.severity for f in found.values()} == {"pass", "warn", "fail"}  # all three levels
+    assert "upper bound on true robust accuracy" in found[next(iter(outcomes))].message
+    assert "lower bound" in found["robustness.min_certified_accuracy[r=0.1]"].message
+    gates = res.params["gates"]
+    assert gates["m"] == 4 and gates["alpha_per_gate"] == pytest.approx(alpha_each)
+    assert "Clopper-Pearson" in gates["interval"] and "Bonferroni" in gates["adjustment"]
+    assert gates["rules"] == [
+        "fgsm:linf:8/255=0.7",
+        "pgd:linf:8/255=0.9",
+        "smoothed:pgd:linf:2/255=0.5",
+        "0.1=0.6",
+    ]
+    assert [g["n"] for g in res.metrics["gates"]] == [64, 64, 64, 24]
+    for g in res.metrics["gates"]:
+        shortfall = float(detectable_shortfall(g["n"], g["min"], alpha_each))
+        assert g["shortfall_80"] == pytest.approx(shortfall)
+        assert f"a FAIL is 80% likely once the true value is {shortfall:.3f} below" in (
+            found[g["gate"]].message
+        )
+    assert res.verdict == "fail" and res.verdict_scope is None  # gated: no scope note
+    assert res.verdict_label == "FAIL"
 
 
 def test_tables_hold_together(result: tuple, test_data: raigate.Dataset) -> None:
@@ -193,6 +274,11 @@ def test_masking_findings_fire_on_a_model_with_no_gradient(
     assert sev["robustness.masking.large_eps.base"] == "warn"
     assert sev["robustness.masking.black_box.base"] == "warn"
     assert rows.loc["art:SquareAttack", "accuracy"] < rows.loc["pgd", "accuracy"]
+    # no robustness gate: the verdict says it covers the attack's soundness only
+    assert res.verdict_scope == NOT_GATED == "attack soundness checked; robustness not gated"
+    assert res.verdict_label == f"WARN ({NOT_GATED})" and "gates" not in res.metrics
+    masking = [f for f in res.findings if f.id.startswith("robustness.masking.")]
+    assert masking and all(f.message.startswith("attack soundness: ") for f in masking)
 
 
 def test_bad_params_say_which_field() -> None:
@@ -205,3 +291,91 @@ def test_bad_params_say_which_field() -> None:
     with pytest.raises(ValidationError, match="unknown attack 'cw'"):
         robustness.RobustnessParams(attacks=["cw"])
     assert robustness.RobustnessParams(attacks=["pgd", "fgsm"]).attacks == ["fgsm", "pgd"]
+
+
+def test_gate_levels_hand_worked_against_statsmodels() -> None:
+    """30 of 50 at confidence 0.95: Clopper-Pearson [0.4518, 0.7359] (statsmodels 'beta')."""
+    lo, hi = proportion_confint(30, 50, alpha=0.05, method="beta")
+    assert (round(lo, 4), round(hi, 4)) == (0.4518, 0.7359)
+    codes, los, his = decide([30, 30, 30, 0, 50], [50] * 5, [0.74, 0.6, 0.45, 0.0, 1.0], 0.05)
+    assert [SEVERITIES[c] for c in codes] == ["fail", "warn", "pass", "pass", "warn"]
+    assert los[0] == pytest.approx(lo) and his[0] == pytest.approx(hi)
+    assert (los[3], his[4]) == (0.0, 1.0)  # k = 0 and k = n: the exact one-sided ends
+    # power, by brute force: the largest failing count, and P(FAIL) at min - shortfall
+    n, minimum = 64, 0.7
+    k_fail = max(k for k in range(n + 1) if proportion_confint(k, n, 0.05, "beta")[1] < minimum)
+    d = float(detectable_shortfall(n, minimum, 0.05))
+    assert binom.cdf(k_fail, n, minimum - d) == pytest.approx(0.8)
+    assert np.isnan(detectable_shortfall(50, 0.01, 0.05))  # 0 of 50 cannot fall below 1%
+
+
+def _simulate(p_true: np.ndarray, minimum: np.ndarray, n: int, sims: int, alpha: float, seed: int):
+    """``sims`` audits of ``len(minimum)`` gates: per-image Bernoulli outcomes at the true
+    accuracies, counted and decided with the Bonferroni-adjusted level, as run() does."""
+    rng = np.random.default_rng(seed)
+    correct = rng.random((sims, len(p_true), n)) < p_true[None, :, None]
+    codes, _, _ = decide(correct.sum(axis=2), n, minimum[None, :], alpha / len(minimum))
+    return codes
+
+
+def test_gate_simulation_false_fail_rate_and_power() -> None:
+    """The family-wise rule of raigate.audit.robustness_gates, simulated (seeded, vectorized):
+    with every true accuracy exactly at its minimum, the share of audits with any FAIL stays
+    within alpha plus binomial slack (the bound is alpha/2); with one gate 0.2 below its
+    minimum at n=100, FAIL in at least 90%."""
+    alpha, sims, n = 0.05, 2000, 100
+    slack = 3 * np.sqrt(alpha * (1 - alpha) / sims)
+    minimum = np.array([0.3, 0.6, 0.9])
+    codes = _simulate(minimum, minimum, n, sims, alpha, seed=0)
+    false_fail = float((codes == 2).any(axis=1).mean())
+    assert false_fail <= alpha + slack, false_fail
+    # at the minimum a PASS is the other error (true accuracy not above it): also rare
+    assert float((codes == 0).any(axis=1).mean()) <= alpha + slack
+    power = _simulate(np.array([0.3, 0.4, 0.9]), minimum, n, sims, alpha, seed=1)
+    assert float((power[:, 1] == 2).mean()) >= 0.9
+    # the power the finding states: at min - shortfall_80, FAIL in 80% of audits
+    d = float(detectable_shortfall(n, 0.6, alpha / 3))
+    at = _simulate(np.array([0.3, 0.6 - d, 0.9]), minimum, n, sims, alpha, seed=3)
+    assert abs(float((at[:, 1] == 2).mean()) - 0.8) <= 3 * np.sqrt(0.8 * 0.2 / sims)
+    # and well above the minimum the gate passes (0.2 above at n=100)
+    clear = _simulate(np.array([0.5, 0.8, 0.9]), np.array([0.3, 0.6, 0.0]), n, sims, alpha, 2)
+    assert float((clear[:, :2] == 0).all(axis=1).mean()) >= 0.9
+
+
+def test_rules_parse_both_forms_and_name_what_the_run_measures() -> None:
+    rule = RobustAccuracyRule.from_text("smoothed:art:SquareAttack:l2:0.5=0.3")
+    assert (rule.model, rule.attack, rule.norm, rule.eps, rule.min) == (
+        "smoothed", "art:SquareAttack", "l2", 0.5, 0.3,
+    )  # fmt: skip
+    assert RobustAccuracyRule(attack="pgd", norm="linf", eps="8/255", min=0.4) == (
+        RobustAccuracyRule.from_text("pgd:linf:8/255=0.4")
+    )
+    assert RobustAccuracyRule.from_text("pgd:linf:8/255=0.4").eps == 8 / 255
+    assert CertifiedAccuracyRule.from_text("0.25=0.6") == CertifiedAccuracyRule(
+        radius=0.25, min=0.6
+    )
+    # a plan's 0.0314 is not 8/255; a float written out in full is
+    p = robustness.RobustnessParams(
+        eps=[8 / 255], min_robust_accuracy=["pgd:linf:0.03137254901960784=0.4"]
+    )
+    assert p.min_robust_accuracy[0].eps == 8 / 255
+    R, C = "min_robust_accuracy", "min_certified_accuracy"
+    cases = [
+        ({R: ["pgd:linf:0.0314=0.4"]}, "eps 0.0314 is not measured (eps: 8/255)"),
+        ({R: ["pgd:l2:8/255=0.4"]}, "norm l2 is not run (norms: linf)"),
+        ({R: ["cw:linf:8/255=0.4"]}, "attack cw is not run (attacks: fgsm, pgd)"),
+        ({R: ["smoothed:pgd:linf:8/255=0.4"]}, "without smoothing_sigma"),
+        ({R: ["pgd:linf:8/255=0.4", "pgd:linf:8/255=0.5"]}, "given twice"),
+        ({R: ["pgd:linf:8/255=1.2"]}, "less than or equal to 1"),
+        ({R: ["pgd:linf=0.4"]}, "is not ATTACK:NORM:EPS=MIN"),
+        ({R: [{"attack": "pgd", "norm": "linf", "eps": "8/0", "min": 0.4}]},
+         "expected a number like 0.25 or 8/255"),
+        ({C: ["0.25=0.6"]}, "needs smoothing_sigma"),
+        ({C: ["0.25=0.6"], "smoothing_sigma": 0.12, "certify_n": 100},
+         "largest certifiable radius 0.1801"),
+        ({C: ["0.1=0.6"], "smoothing_sigma": 0.12, "certify": False},
+         "with certification on"),
+    ]  # fmt: skip
+    for kwargs, needle in cases:
+        with pytest.raises(ValidationError, match=re.escape(needle)):
+            robustness.RobustnessParams(eps=[8 / 255], **kwargs)

@@ -14,6 +14,12 @@ attack the defense built from the variant, which is the comparison a release nee
 ``certification`` gives Cohen et al. (2019)'s certified accuracy at L2 radii, from
 CERTIFY with ``certify_n0``/``certify_n`` draws at failure probability ``alpha``.
 
+Gates (``raigate.audit.robustness_gates``): ``min_robust_accuracy`` rules gate the accuracy
+under a named attack, norm and ε, ``min_certified_accuracy`` rules the certified accuracy at
+a radius, each by its exact interval at ``gate_alpha`` over all of them (Bonferroni). The
+gradient-masking findings only say whether the attack is sound; without a rule the result's
+``verdict_scope`` says "attack soundness checked; robustness not gated".
+
 Definitions (also in ``params.definitions`` of every result): ε and radii are in pixel
 units of the [0, 1] image the model takes (L-inf: per pixel; L2: over all C·H·W values);
 accuracy under attack = fraction of samples still classified correctly (model classes
@@ -43,7 +49,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from scipy.stats import norm as gaussian
 from tqdm.auto import tqdm
 
@@ -67,6 +80,16 @@ from raigate.audit.robustness_findings import (
     masking_findings,
     plot_certification,
     plot_sweep,
+)
+from raigate.audit.robustness_gates import (
+    NOT_GATED,
+    CertifiedAccuracyRule,
+    RobustAccuracyRule,
+    check_certified_rules,
+    check_robust_rules,
+    coerce_rules,
+    gate_findings,
+    gate_params,
 )
 from raigate.data.base import Dataset, select
 from raigate.defenses.smoothing import SmoothedClassifier, predict_from_counts
@@ -129,6 +152,21 @@ class RobustnessParams(BaseModel):
     min_certified_ratio: float = Field(
         0.5, ge=0, le=1, description="warn when certified accuracy at r=0 < this x clean"
     )
+    # robustness gates (raigate.audit.robustness_gates); after the fields they refer to, so
+    # their validators see the attacks, norms, eps and smoothing settings
+    min_robust_accuracy: list[RobustAccuracyRule] = Field(
+        default_factory=list,
+        description="gates: minimum accuracy under an attack, e.g. "
+        '{attack = "pgd", norm = "linf", eps = "8/255", min = 0.4} or "pgd:linf:8/255=0.4"',
+    )
+    min_certified_accuracy: list[CertifiedAccuracyRule] = Field(
+        default_factory=list,
+        description="gates: minimum certified accuracy, e.g. {radius = 0.25, min = 0.6} or "
+        '"0.25=0.6"',
+    )
+    gate_alpha: float = Field(
+        0.05, gt=0, lt=1, description="family-wise error of the robustness gates (Bonferroni)"
+    )
     label_map: dict[str, str] | None = None
     batch_size: int = Field(128, gt=0, description="images per attack batch")
     smoothing_batch_size: int = Field(1000, gt=0, description="noisy images per forward pass")
@@ -166,6 +204,45 @@ class RobustnessParams(BaseModel):
             raise ValueError("give at least one norm (linf, l2)")
         return list(dict.fromkeys(v))
 
+    @field_validator("min_robust_accuracy", mode="before")
+    @classmethod
+    def _robust_rules_in(cls, v: Any) -> list[Any]:
+        return coerce_rules(RobustAccuracyRule, v)
+
+    @field_validator("min_certified_accuracy", mode="before")
+    @classmethod
+    def _certified_rules_in(cls, v: Any) -> list[Any]:
+        return coerce_rules(CertifiedAccuracyRule, v)
+
+    @field_validator("min_robust_accuracy")
+    @classmethod
+    def _robust_rules_measured(
+        cls, v: list[RobustAccuracyRule], info: ValidationInfo
+    ) -> list[RobustAccuracyRule]:
+        d = info.data
+        if not v or not {"attacks", "norms", "eps"} <= set(d):
+            return v  # a field they refer to failed first and is reported instead
+        return check_robust_rules(
+            v, attacks=d["attacks"], norms=d["norms"], eps=d["eps"],
+            smoothing=d.get("smoothing_sigma") is not None,
+        )  # fmt: skip
+
+    @field_validator("min_certified_accuracy")
+    @classmethod
+    def _certified_rules_measured(
+        cls, v: list[CertifiedAccuracyRule], info: ValidationInfo
+    ) -> list[CertifiedAccuracyRule]:
+        d = info.data
+        if not v or not {"smoothing_sigma", "certify", "certify_n", "alpha"} <= set(d):
+            return v
+        sigma = d["smoothing_sigma"]
+        return check_certified_rules(
+            v,
+            certifies=sigma is not None and d["certify"],
+            top=max_certifiable_radius(sigma, d["certify_n"], d["alpha"]) if sigma else 0.0,
+            settings=f"certify_n={d['certify_n']} draws at sigma={sigma}, alpha={d['alpha']:g}",
+        )
+
     @model_validator(mode="after")
     def _n0_le_n(self) -> RobustnessParams:
         if self.smoothing_model is not None and self.smoothing_sigma is None:
@@ -198,6 +275,14 @@ def _definitions(p: RobustnessParams) -> dict[str, str]:
         "large_eps_check": "PGD at linf eps 0.5 / l2 eps 0.5*sqrt(C*H*W): any image can be "
         "made flat grey, so a working attack should reach ~0 accuracy",
     }
+    if p.min_robust_accuracy or p.min_certified_accuracy:
+        d["gates"] = (
+            "per rule: FAIL when the whole two-sided Clopper-Pearson interval of the accuracy, "
+            "at confidence 1 - gate_alpha/m (Bonferroni over the m gates), lies below the "
+            "minimum, WARN when it straddles it, PASS when it lies at or above it; robust "
+            "accuracy under an attack is an upper bound on true robust accuracy, certified "
+            "accuracy a lower bound"
+        )
     if p.smoothing_sigma is not None:
         f_is = (
             "the audited model"
@@ -389,6 +474,12 @@ def stratified_positions(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
+def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius CERTIFY can give with ``n`` draws: all ``n`` votes for the class,
+    so pA_lower = alpha^(1/n) (Cohen et al. 2019), radius sigma * Phi^-1(pA_lower)."""
+    return float(sigma) * float(gaussian.ppf(alpha ** (1 / n)))
+
+
 def _large_eps(norm: str, shape: tuple[int, int, int]) -> float:
     return 0.5 if norm == "linf" else round(0.5 * math.sqrt(math.prod(shape)), 6)
 
@@ -447,6 +538,12 @@ def run(
     for a in p.attacks:
         if a.startswith("art:"):
             resolve_art_attack(a)  # a typo fails now, not after an hour of PGD
+    for rule in p.min_robust_accuracy:
+        if rule.attack.startswith("art:") and not takes_eps(rule.attack):
+            raise ConfigError(
+                f"min_robust_accuracy rule {rule.text}: {rule.attack} takes no eps budget (it "
+                "runs once, unbounded), so no row has that eps; gate an attack with a budget"
+            )
     chosen = select(data, sample=p.max_samples, seed=p.seed) if len(data) > p.max_samples else data
     prepared = prepare(model, chosen)
     n = len(prepared)
@@ -496,6 +593,7 @@ def run(
         "large_eps_check": large_rows,
     }
     artifacts: list[str] = []
+    cert: dict[str, Any] | None = None
     if smoothed is not None:
         metrics["smoothed_vs_base"] = _ratios(rows, p)
         metrics["smoothing_model"] = [
@@ -511,6 +609,9 @@ def run(
     if out_dir is not None:
         plot_sweep(rows, Path(out_dir) / "robust_accuracy.png")
         artifacts.append("robust_accuracy.png")
+    gate_rows, gate_found = _gates(p, rows, cert)
+    if gate_rows:
+        metrics["gates"] = gate_rows
 
     return CheckResult(
         check=NAME,
@@ -519,15 +620,38 @@ def run(
             "n": n,
             "definitions": _definitions(p),
             "interval": "Wilson score, 95%",
+            "gates": gate_params(p.min_robust_accuracy, p.min_certified_accuracy, p.gate_alpha),
         },
         metrics=metrics,
-        findings=findings,
+        findings=[*findings, *gate_found],
+        verdict_scope=None if gate_found else NOT_GATED,
         artifacts=sorted(artifacts),
         seed=p.seed,
         environment=collect_environment(p.device),
         model=ModelRef.of(model),
         data=DataRef.of(chosen, n),  # the audited sample's manifest (subsets share spec)
         timing_s=round(time.perf_counter() - start, 3),
+    )
+
+
+def _gates(
+    p: RobustnessParams, rows: list[Record], cert: dict[str, Any] | None
+) -> tuple[list[Record], list[Finding]]:
+    """The robustness gates' table and findings (raigate.audit.robustness_gates)."""
+    certified: dict[float, tuple[int, int]] = {}
+    if cert is not None:
+        ps = cert["per_sample"]
+        for rule in p.min_certified_accuracy:
+            hit = ps["correct"] & (ps["radius"] >= rule.radius)
+            certified[rule.radius] = (int(hit.sum()), len(hit))
+    return gate_findings(
+        p.min_robust_accuracy,
+        p.min_certified_accuracy,
+        rows,
+        certified,
+        alpha=p.gate_alpha,
+        cert_text=f"sigma={p.smoothing_sigma}, CERTIFY n0={p.certify_n0}, n={p.certify_n}, "
+        f"alpha={p.alpha:g}",
     )
 
 
@@ -704,8 +828,7 @@ def _certify(
             )
         ),
     )
-    # the largest radius n draws can certify: all n votes for the class (pA_lower = alpha^(1/n))
-    max_radius = float(p.smoothing_sigma or 0) * float(gaussian.ppf(p.alpha ** (1 / p.certify_n)))
+    max_radius = max_certifiable_radius(p.smoothing_sigma or 0.0, p.certify_n, p.alpha)
     return {
         "metrics": {
             "certification": table,

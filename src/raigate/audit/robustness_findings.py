@@ -1,4 +1,10 @@
-"""Gradient-masking findings, group tables and plots for the robustness check.
+"""Attack-soundness (gradient-masking) findings, group tables and plots for the robustness
+check.
+
+These findings say whether the *attack* can be trusted, not whether the model is robust:
+a model at 6% accuracy under FGSM passes them all when the attack works. Robustness itself
+is gated by the rules of :mod:`raigate.audit.robustness_gates`; every message here starts
+with "attack soundness:" so no reader takes a PASS for a robustness verdict.
 
 A defense that hides its gradients looks robust to gradient attacks without being robust
 (Athalye, Carlini & Wagner 2018; Carlini et al. 2019, "On evaluating adversarial
@@ -127,6 +133,10 @@ def group_gap_records(by_group: Sequence[Record]) -> list[Record]:
     return out
 
 
+SOUNDNESS = "attack soundness: "
+"""The prefix of every gradient-masking finding's message."""
+
+
 def _finding(fid: str, bad: bool, metric: str, value: float, threshold: float, msg: str) -> Finding:
     return Finding(
         id=fid,
@@ -134,7 +144,7 @@ def _finding(fid: str, bad: bool, metric: str, value: float, threshold: float, m
         metric=metric,
         value=value,
         threshold=threshold,
-        message=msg,
+        message=SOUNDNESS + msg,
     )
 
 
@@ -145,7 +155,8 @@ def masking_findings(
     tolerance: float,
     large_eps_max_accuracy: float,
 ) -> list[Finding]:
-    """The four gradient-masking checks of the module docstring, per model."""
+    """The four gradient-masking (attack-soundness) checks of the module docstring, per
+    model."""
     findings: list[Finding] = []
     by_model: dict[str, list[Record]] = {}
     for r in rows:

@@ -134,7 +134,8 @@ def run_audit(
         result.artifacts = [f"checks/{inst.name}/{a}" for a in result.artifacts]
         result.write(check_dir)
         results[inst.name] = result
-        echo(f"[{i}/{total}] {label}: {result.verdict} ({time.perf_counter() - t0:.1f}s)")
+        scope = f"; {result.verdict_scope}" if result.verdict_scope else ""
+        echo(f"[{i}/{total}] {label}: {result.verdict}{scope} ({time.perf_counter() - t0:.1f}s)")
 
     gates = [
         {"check": name, "check_type": r.check, **f.model_dump()}

@@ -105,6 +105,12 @@ def print_verdict(outcome: object) -> None:
         if rows
         else "(no gates in this plan)"
     )
+    # a check whose gates cover less than its name (robustness without a robustness gate)
+    scoped = [(n, r) for n, r in report.checks.items() if r.verdict_scope]
+    if scoped:
+        typer.echo("")
+    for name, result in scoped:
+        typer.echo(f"{name}: {result.verdict_label}")
     typer.echo(
         f"\nverdict: {report.verdict.upper()} (fail_on={report.fail_on}: "
         f"{'PASSED' if report.passed else 'FAILED'})"

@@ -65,7 +65,7 @@ def make_params(cls: type, **values: Any) -> Any:
         flag = _FLAGS.get(loc[0], "--" + loc[0].replace("_", "-"))
         got = (
             f" (got {err['input']!r})"
-            if "input" in err and not isinstance(err["input"], dict)
+            if "input" in err and not isinstance(err["input"], dict | list)
             else ""
         )
         raise ConfigError(f"{flag}: {msg}{got}") from None
@@ -86,6 +86,18 @@ def _floats(text: str, flag: str) -> list[float]:
         if v < 0:
             raise ConfigError(f"--{flag} values must be >= 0, got {token!r}")
     return list(values)
+
+
+def _rules(texts: list[str] | None, cls: type, flag: str) -> list[Any]:
+    """Each ``--min-...`` value parsed by the rule's own ``from_text`` (the plan accepts the
+    same strings), a bad one named with its flag."""
+    out = []
+    for text in texts or []:
+        try:
+            out.append(cls.from_text(text))
+        except ValueError as e:
+            raise ConfigError(f"{flag} {e}") from None
+    return out
 
 
 def robustness_cmd(
@@ -161,6 +173,32 @@ def robustness_cmd(
             "--large-eps-check/--no-large-eps-check", help="PGD at a huge eps must reach ~0"
         ),
     ] = True,
+    min_robust_accuracy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--min-robust-accuracy",
+            metavar="RULE",
+            help="gate, repeatable: [smoothed:]ATTACK:NORM:EPS=MIN, e.g. pgd:linf:8/255=0.4 "
+            "(FAIL when the whole Clopper-Pearson interval of that row's accuracy is below MIN)",
+        ),
+    ] = None,
+    min_certified_accuracy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--min-certified-accuracy",
+            metavar="RULE",
+            help="gate, repeatable: RADIUS=MIN on CERTIFY's certified accuracy, e.g. 0.25=0.6 "
+            "(needs --smoothing-sigma)",
+        ),
+    ] = None,
+    gate_alpha: Annotated[
+        float,
+        typer.Option(
+            "--gate-alpha",
+            help="error level of the gates together, Bonferroni over them: P(any false FAIL) "
+            "<= alpha/2",
+        ),
+    ] = 0.05,
     weights: WeightsOpt = None,
     class_names: ClassNamesOpt = None,
     input_size: InputSizeOpt = None,
@@ -182,9 +220,12 @@ def robustness_cmd(
 ) -> None:
     """Accuracy under FGSM/PGD/ART attacks over an eps sweep, per group; with
     --smoothing-sigma the same (adaptive, EOT) attacks on the smoothed model, the
-    smoothed/base ratio and Cohen et al.'s certified accuracy."""
+    smoothed/base ratio and Cohen et al.'s certified accuracy. Robustness is gated only by
+    --min-robust-accuracy / --min-certified-accuracy; without them the verdict covers
+    attack soundness alone and says so."""
     from raigate.attacks import parse_attack_params
     from raigate.audit import robustness
+    from raigate.audit.robustness_gates import CertifiedAccuracyRule, RobustAccuracyRule
     from raigate.data import load_data
 
     params = make_params(
@@ -208,6 +249,13 @@ def robustness_cmd(
         certify_max_samples=certify_max_samples,
         max_samples=max_samples,
         large_eps_check=large_eps_check,
+        min_robust_accuracy=_rules(
+            min_robust_accuracy, RobustAccuracyRule, "--min-robust-accuracy"
+        ),
+        min_certified_accuracy=_rules(
+            min_certified_accuracy, CertifiedAccuracyRule, "--min-certified-accuracy"
+        ),
+        gate_alpha=gate_alpha,
         label_map=read_label_map(label_map),
         batch_size=batch_size,
         smoothing_batch_size=smoothing_batch_size,
@@ -234,7 +282,8 @@ def robustness_cmd(
     print_robustness(result)
     typer.echo(f"\nwrote {path}")
     if result.verdict == "fail":
-        raise GateFailed("; ".join(f.message for f in result.findings if f.severity == "fail"))
+        failed = [f.id for f in result.findings if f.severity == "fail"]
+        raise GateFailed(f"robustness FAIL: {', '.join(failed)} (see {path})")
 
 
 def print_robustness(result: Any) -> None:
@@ -297,8 +346,21 @@ def print_robustness(result: Any) -> None:
                 ],
             )
         )
+    if m.get("gates"):
+        g = p["gates"]
+        typer.echo(
+            f"\nrobustness gates ({g['m']}; two-sided Clopper-Pearson intervals at confidence "
+            f"1 - {g['alpha']:g}/{g['m']}, Bonferroni):"
+        )
+        typer.echo(
+            format_table(
+                m["gates"],
+                ["gate", "correct", "n", "accuracy", "ci_low", "ci_high", "min", "severity"],
+            )
+        )
     for f in result.findings:
         typer.echo(f"\n[{f.severity.upper()}] {f.message}")
+    typer.echo(f"\nrobustness: {result.verdict_label}")
 
 
 def harden_smoothing_cmd(

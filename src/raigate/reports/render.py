@@ -17,6 +17,8 @@ from xml.etree import ElementTree as ET
 
 from raigate.results import RANDOM_INIT_MARK, AuditReport, CheckResult
 
+SEVERITIES = ("pass", "warn", "fail")
+
 _MAX_ROWS = 200
 _BADGE = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "reported": "#57606a"}
 _TITLES = {
@@ -64,6 +66,14 @@ def _badge(severity: str) -> str:
     return f"<span class='badge' style='background:{color}'>{html.escape(severity.upper())}</span>"
 
 
+def _verdict(result: CheckResult) -> str:
+    """The check's badge, followed by what it covers when that is less than its name says
+    (robustness without a robustness gate): never a bare PASS for an ungated area."""
+    scope = result.verdict_scope
+    note = f" <span class='scope'>({html.escape(scope)})</span>" if scope else ""
+    return _badge(result.verdict) + note
+
+
 def _shown(model: dict[str, Any]) -> str:
     """A model's spec as a reader sees it: an untrained network says so."""
     return f"{model.get('spec')}{RANDOM_INIT_MARK if model.get('random_init') else ''}"
@@ -75,8 +85,7 @@ def _section(name: str, result: CheckResult, bundle: Path, on: str = "model") ->
     if name != result.check:
         title += f" · {name}"
     parts = [
-        f"<section id='check-{html.escape(name)}'><h2>{html.escape(title)}"
-        f" {_badge(result.verdict)}</h2>"
+        f"<section id='check-{html.escape(name)}'><h2>{html.escape(title)} {_verdict(result)}</h2>"
     ]
     data_note = " — <strong>SYNTHETIC data</strong>" if result.data.synthetic else ""
     variant = "" if on == "model" else f"variant <strong>{html.escape(on)}</strong> "
@@ -142,6 +151,31 @@ def _worst(result: CheckResult) -> str:
     return f"{len(result.findings)} gates: {tally}{worst}"
 
 
+def _robustness_line(result: CheckResult) -> str | None:
+    """Clean accuracy and the strongest attack's, undefended and smoothed when both ran."""
+    m = result.metrics
+    clean = m.get("clean_accuracy")
+    rows = m.get("smoothed_vs_base") or []
+    base = [r for r in (m.get("attacks") or []) if r["model"] == "base" and r["attack"] != "clean"]
+    if isinstance(rows, list) and rows and isinstance(clean, float | int):
+        r = max(
+            (r for r in rows if r["attack"] != "clean"),
+            key=lambda r: (r["eps"] or 0, r["attack"] == "pgd"),
+        )
+        return (
+            f"clean {clean:.3f}; under {r['attack'].upper()} {r['norm']} "
+            f"eps={r['eps_text']}: {r['base_accuracy']:.3f} undefended, "
+            f"{r['smoothed_accuracy']:.3f} with randomized smoothing (sigma={r['sigma']})"
+        )
+    if base and isinstance(clean, float | int):
+        r = min(base, key=lambda r: r["accuracy"])
+        return (
+            f"clean {clean:.3f}; lowest under attack {r['accuracy']:.3f} "
+            f"({r['attack'].upper()} {r['norm']} eps={r['eps_text']})"
+        )
+    return None
+
+
 def headline(result: CheckResult) -> str:
     """One sentence with the check's key numbers, for readers who will not open the tables;
     every number also appears, with its definition, in the check's section."""
@@ -158,26 +192,16 @@ def headline(result: CheckResult) -> str:
         )
         return text if result.check == "evaluate" else f"{text}; {_worst(result)}"
     if result.check == "robustness":
-        rows = m.get("smoothed_vs_base") or []
-        base = [
-            r for r in (m.get("attacks") or []) if r["model"] == "base" and r["attack"] != "clean"
-        ]
-        if isinstance(rows, list) and rows:
-            r = max(
-                (r for r in rows if r["attack"] != "clean"),
-                key=lambda r: (r["eps"] or 0, r["attack"] == "pgd"),
+        text = _robustness_line(result)
+        gates = [f for f in result.findings if f.id.startswith("robustness.min_")]
+        if text and gates:
+            worst = max(gates, key=lambda f: SEVERITIES.index(f.severity))
+            text += (
+                f"; {len(gates)} robustness gate(s), worst {worst.id} {worst.severity.upper()} "
+                f"({_fmt(worst.value)} vs min {_fmt(worst.threshold)})"
             )
-            return (
-                f"clean {num('clean_accuracy'):.3f}; under {r['attack'].upper()} {r['norm']} "
-                f"eps={r['eps_text']}: {r['base_accuracy']:.3f} undefended, "
-                f"{r['smoothed_accuracy']:.3f} with randomized smoothing (sigma={r['sigma']})"
-            )
-        if base:
-            r = min(base, key=lambda r: r["accuracy"])
-            return (
-                f"clean {num('clean_accuracy'):.3f}; lowest under attack {r['accuracy']:.3f} "
-                f"({r['attack'].upper()} {r['norm']} eps={r['eps_text']})"
-            )
+        if text:
+            return text
     if result.check == "privacy" and num("auc") is not None:
         claimed = num("claimed_epsilon")
         return (
@@ -199,6 +223,7 @@ td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left}th{background:#f6
 .muted{color:#57606a}.verdict{font-size:1.4rem;margin:1rem 0}
 figure{margin:1rem 0}img{max-width:100%;border:1px solid #d0d7de}
 code{background:#f6f8fa;padding:0 3px;border-radius:3px}
+.scope{color:#9a6700;font-size:13px;font-weight:600}
 .synthetic{background:#fff8c5;border:1px solid #d4a72c;padding:.5rem 1rem;border-radius:6px}
 """
 
@@ -222,7 +247,7 @@ def _glance(report: AuditReport) -> str:
         f"<tr><td><a href='#check-{html.escape(name)}'>"
         f"{html.escape(_TITLES.get(r.check, r.check).split(' (')[0])}</a></td>"
         f"<td><code>{html.escape(name)}</code></td><td>{html.escape(_models_used(report, name))}"
-        f"</td><td>{_badge(r.verdict)}</td><td>{html.escape(headline(r))}</td></tr>"
+        f"</td><td>{_verdict(r)}</td><td>{html.escape(headline(r))}</td></tr>"
         for name, r in report.checks.items()
     )
     return (
@@ -358,6 +383,8 @@ def render_model_card(report: AuditReport, card: dict[str, Any]) -> str:
     for name, result in report.checks.items():
         on = _model_of(report, name)
         label = name if on == "model" else f"{name}` on variant `{on}"
+        if result.verdict_scope:
+            lines.append(f"- `{label}`: **{result.verdict_label}**")
         for f in result.findings:
             lines.append(f"- `{label}` · {f.id}: **{f.severity}** — {f.message}")
         if not result.findings:
@@ -425,9 +452,12 @@ def render_model_card(report: AuditReport, card: dict[str, Any]) -> str:
 
 def render_junit(report: AuditReport) -> str:
     """JUnit XML: a test suite per check, a test case per gate; ``fail`` is a failure, and
-    ``warn`` is one too under ``fail_on=warn``."""
+    ``warn`` is one too under ``fail_on=warn``. A check whose verdict covers less than its
+    name (``verdict_scope``: robustness without a robustness gate) gets one more test case,
+    ``NAME.scope``, marked skipped with that scope as its message, so CI shows the area as
+    not gated rather than passed."""
     suites = ET.Element("testsuites", name="raigate audit")
-    total_fail = 0
+    total_fail = total_tests = total_skipped = 0
     for name, result in report.checks.items():
         cases = result.findings
         failing = [
@@ -435,17 +465,27 @@ def render_junit(report: AuditReport) -> str:
             for f in cases
             if f.severity == "fail" or (f.severity == "warn" and report.fail_on == "warn")
         ]
+        scoped = int(result.verdict_scope is not None)
         total_fail += len(failing)
+        total_tests += len(cases) + scoped
+        total_skipped += scoped
         suite = ET.SubElement(
             suites,
             "testsuite",
             name=name,
-            tests=str(len(cases)),
+            tests=str(len(cases) + scoped),
             failures=str(len(failing)),
             errors="0",
-            skipped="0",
+            skipped=str(scoped),
             time=f"{result.timing_s:.3f}",
         )
+        props = ET.SubElement(suite, "properties")
+        ET.SubElement(props, "property", name="verdict", value=result.verdict_label)
+        if result.verdict_scope is not None:
+            case = ET.SubElement(
+                suite, "testcase", classname=f"raigate.{name}", name=f"{name}.scope", time="0"
+            )
+            ET.SubElement(case, "skipped", message=result.verdict_scope)
         for f in cases:
             case = ET.SubElement(
                 suite, "testcase", classname=f"raigate.{name}", name=f.id, time="0"
@@ -456,8 +496,9 @@ def render_junit(report: AuditReport) -> str:
             else:
                 out = ET.SubElement(case, "system-out")
                 out.text = f"[{f.severity}] {f.message}"
-    suites.set("tests", str(len(report.gates)))
+    suites.set("tests", str(total_tests))
     suites.set("failures", str(total_fail))
+    suites.set("skipped", str(total_skipped))
     ET.indent(suites)
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
