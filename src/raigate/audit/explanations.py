@@ -70,7 +70,7 @@ from raigate.explain.metrics import (
     square_removal,
 )
 from raigate.explain.sanity import cascade
-from raigate.labels import align_classes
+from raigate.labels import data_to_model_index
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 
@@ -185,18 +185,6 @@ def explained_samples(data: Dataset, params: ExplainParams) -> Dataset:
     randomization test, max-sensitivity) span the classes instead of the first one."""
     chosen = select(data, sample=params.n_samples, seed=params.seed)
     return chosen.subset(np.random.default_rng(params.seed).permutation(len(chosen)))
-
-
-def _targets_from_labels(
-    model: Model, data: Dataset, label_map: dict[str, str] | None
-) -> np.ndarray:
-    """``inv[data label] = model class index`` (matching by name, see raigate.labels)."""
-    mapping = align_classes(model.class_names, data.class_names, label_map)
-    inv = np.full(len(data.class_names), -1, dtype=np.int64)
-    for model_class, data_class in enumerate(mapping):
-        if data_class >= 0:
-            inv[data_class] = model_class
-    return inv
 
 
 def _group_columns(attributes: pd.DataFrame) -> list[str]:
@@ -443,7 +431,9 @@ def run(
     data = explained_samples(data, params)
     n = len(data)
     label_targets = (
-        _targets_from_labels(model, data, params.label_map) if params.target == "label" else None
+        data_to_model_index(model.class_names, data.class_names, params.label_map)
+        if params.target == "label"
+        else None
     )
     if label_targets is not None and np.any(label_targets[np.unique(data.labels)] < 0):
         raise ConfigError("--target label: some data labels match no model class; see --label-map")

@@ -72,7 +72,7 @@ from raigate.data.base import Dataset, select
 from raigate.defenses.smoothing import SmoothedClassifier, predict_from_counts
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError
-from raigate.labels import align_classes
+from raigate.labels import align_classes, data_to_model_index
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.stats import wilson_interval
@@ -440,10 +440,7 @@ def run(
     say = echo or (lambda _msg: None)
     start = time.perf_counter()
     mapping = align_classes(model.class_names, data.class_names, p.label_map)
-    inverse = np.full(len(data.class_names), -1, dtype=np.int64)
-    for i, j in enumerate(mapping):
-        if j >= 0:
-            inverse[j] = i
+    inverse = data_to_model_index(model.class_names, data.class_names, p.label_map)
     for a in p.attacks:
         if a.startswith("art:"):
             resolve_art_attack(a)  # a typo fails now, not after an hour of PGD
