@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from raigate.errors import ConfigError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -37,6 +39,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def make_folder(folder: Path) -> None:
+    """``mkdir -p``; a path that is a file (or not writable) is the user's to fix, so it is a
+    ConfigError naming it rather than an internal error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"{folder}: a file is in the way of this output folder; choose another --out"
+        ) from None
+    except PermissionError:
+        raise ConfigError(f"{folder}: no permission to create this output folder") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[Path]:
     """Yield a fresh temporary path beside ``path``; write the file there. On a normal exit
@@ -54,7 +69,7 @@ def atomic_path(path: str | os.PathLike[str], *, mode: int | None = None) -> Ite
     (b'abc', ['weights.bin'])
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(target.parent)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)

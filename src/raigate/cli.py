@@ -33,6 +33,7 @@ from raigate.cli_common import (
     format_table,
     handle_errors,
     load_model_from_options,
+    make_params,
     read_label_map,
     resolve_device,
 )
@@ -182,11 +183,8 @@ def evaluate_cmd(
     from raigate.audit import evaluate
     from raigate.data import load_data
 
-    data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
-    model = load_model_from_options(
-        model_spec, weights, class_names, input_size, mean, std, data=data
-    )
-    params = evaluate.EvaluateParams(
+    params = make_params(
+        evaluate.EvaluateParams,
         batch_size=batch_size,
         workers=workers,
         min_accuracy=min_accuracy,
@@ -194,6 +192,10 @@ def evaluate_cmd(
         device=resolve_device(device),
         seed=seed,
         progress=sys.stderr.isatty(),
+    )
+    data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
+    model = load_model_from_options(
+        model_spec, weights, class_names, input_size, mean, std, data=data
     )
     result = evaluate.run(model, data, params, out_dir=out)
     path = result.write(out)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from raigate.errors import ConfigError, GateFailed, RaigateError
+from raigate.values import parse_fraction
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,20 +78,36 @@ def one_line(exc: BaseException) -> str:
 
 # -- option parsing -----------------------------------------------------------------------
 def parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    """Comma-separated numbers or fractions (``1/255,2/255``); anything else, a division by
+    zero or a non-finite value is a ConfigError naming the flag."""
     if text is None:
         return None
     try:
-        return tuple(float(parse_fraction(v)) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+        return tuple(parse_fraction(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise ConfigError(
+            f"--{name}: {exc}; give comma-separated numbers or fractions, e.g. 0.5 or 8/255"
+        ) from None
 
 
-def parse_fraction(v: str) -> float:
-    v = v.strip()
-    if "/" in v:
-        a, b = v.split("/", 1)
-        return float(a) / float(b)
-    return float(v)
+def make_params(cls: type[Any], flags: dict[str, str] | None = None, **values: Any) -> Any:
+    """``cls(**values)`` for a pydantic params class; a validation error becomes a one-line
+    ConfigError naming the flag the user typed (``flags`` maps field -> flag where the flag
+    is not ``--field-name``), so a bad value exits 2, never 3."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(x) for x in err["loc"]]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not loc:
+            raise ConfigError(msg) from None
+        flag = (flags or {}).get(loc[0], "--" + loc[0].replace("_", "-"))
+        got = err.get("input")
+        shown = f" (got {got!r})" if "input" in err and not isinstance(got, dict | list) else ""
+        raise ConfigError(f"{flag}: {msg}{shown}") from None
 
 
 def parse_ints(text: str | None, name: str) -> tuple[int, ...] | None:

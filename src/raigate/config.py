@@ -54,6 +54,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from raigate.errors import ConfigError
+from raigate.values import Fraction
 
 
 class ModelSection(BaseModel):
@@ -65,8 +66,8 @@ class ModelSection(BaseModel):
     weights: str | None = None
     class_names: list[str] | None = None
     input_size: list[int] | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    mean: list[Fraction] | None = None
+    std: list[Fraction] | None = None
 
 
 class DataSection(BaseModel):
@@ -181,9 +182,7 @@ class AuditPlan(BaseModel):
             try:
                 params = params_cls(**values)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                field = ".".join(str(p) for p in err["loc"])
-                raise ConfigError(f"{where}: checks.{name}.{field}: {err['msg']}") from None
+                raise ConfigError(f"{where}: checks.{name}.{_first_error(exc)}") from None
             for field in getattr(params_cls, "PLAN_MODEL_FIELDS", {}):
                 ref = getattr(params, field)
                 if ref is not None and ref not in known_models:
@@ -193,6 +192,16 @@ class AuditPlan(BaseModel):
                     )
             out.append(CheckInstance(name=name, check=check, model=model, params=params))
         return out
+
+
+def _first_error(exc: ValidationError) -> str:
+    """``field.path: message (got VALUE)`` of a validation error's first problem."""
+    err = exc.errors()[0]
+    field = ".".join(str(part) for part in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    got = err.get("input")
+    shown = f" (got {got!r})" if "input" in err and not isinstance(got, dict | list) else ""
+    return f"{field}: {msg}{shown}" if field else f"{msg}{shown}"
 
 
 def _relative(base: Path, path: str) -> str:
@@ -230,9 +239,7 @@ def load_plan(path: str | os.PathLike[str]) -> AuditPlan:
     try:
         plan = AuditPlan(**raw, source=str(p))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(part) for part in err["loc"])
-        raise ConfigError(f"{p}: {field}: {err['msg']}") from None
+        raise ConfigError(f"{p}: {_first_error(exc)}") from None
     base = p.resolve().parent
 
     def model_paths(section: ModelSection) -> ModelSection:

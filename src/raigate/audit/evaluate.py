@@ -39,7 +39,7 @@ NAME = "evaluate"
 class EvaluateParams(BaseModel):
     """Parameters of the evaluate check."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     batch_size: int = Field(128, gt=0, description="images per forward pass")
     workers: int = Field(0, ge=0, description="DataLoader worker processes reading images")

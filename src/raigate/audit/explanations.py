@@ -73,6 +73,7 @@ from raigate.explain.sanity import cascade
 from raigate.labels import data_to_model_index
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
+from raigate.values import Fraction
 
 NAME = "explanations"
 DEFAULT_METHODS = ("integrated-gradients", "saliency", "gradcam", "smoothgrad", "occlusion")
@@ -99,10 +100,10 @@ class ExplainParams(BaseModel):
     n_steps: int = Field(50, gt=0, description="Integrated Gradients quadrature points")
     batch_size: int = Field(128, gt=0, description="images per forward/backward pass")
     smoothgrad_samples: int = Field(16, gt=0, description="noisy copies per image")
-    smoothgrad_stdev: float = Field(0.15, gt=0, description="SmoothGrad noise std (pixels)")
+    smoothgrad_stdev: Fraction = Field(0.15, gt=0, description="SmoothGrad noise std (pixels)")
     occlusion_window: int | None = Field(None, gt=0, description="px; default min(H,W)/8")
     occlusion_stride: int | None = Field(None, gt=0, description="px; default window/2")
-    blur_sigma: float | None = Field(None, gt=0, description="px; default max(H,W)/16")
+    blur_sigma: Fraction | None = Field(None, gt=0, description="px; default max(H,W)/16")
     curve_steps: int = Field(20, gt=0, description="points of the deletion/insertion curves")
     infidelity_perturbations: int = Field(16, gt=0, description="perturbations per image")
     infidelity_square: int | None = Field(
@@ -110,13 +111,13 @@ class ExplainParams(BaseModel):
     )
     sensitivity_samples: int = Field(8, ge=0, description="images for sensitivity_max")
     sensitivity_perturbations: int = Field(8, gt=0, description="perturbations per image")
-    sensitivity_radius: float = Field(0.02, gt=0, description="L-inf radius (pixels)")
+    sensitivity_radius: Fraction = Field(0.02, gt=0, description="L-inf radius (pixels)")
     sanity_samples: int = Field(16, gt=0, description="images for the randomization test")
     sanity_layers: int = Field(5, gt=0, description="randomization checkpoints (depths)")
     sanity_max_spearman: float = Field(
         0.7, ge=-1, le=1, description="fail when the fully randomized maps correlate above this"
     )
-    ig_delta_tolerance: float = Field(
+    ig_delta_tolerance: Fraction = Field(
         0.05, gt=0, description="warn when |delta| > this x |f(x) - f(baseline)|"
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="level of the Wilcoxon tests")

@@ -32,6 +32,7 @@ from raigate.environment import collect_environment
 from raigate.errors import ConfigError
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
+from raigate.values import Fraction
 
 NAME = "privacy"
 
@@ -56,7 +57,7 @@ class PrivacyParams(BaseModel):
         None, description="data spec of non-members (default: the audited data)"
     )
     ledger: str | None = Field(None, description="ledger.json of a DP run: the claimed epsilon")
-    epsilon: float | None = Field(None, gt=0, description="claimed epsilon (without a ledger)")
+    epsilon: Fraction | None = Field(None, gt=0, description="claimed epsilon (without a ledger)")
     delta: float | None = Field(None, gt=0, lt=1, description="delta (default: ledger's or 1e-5)")
     attacks: list[Literal["loss", "art_blackbox"]] = Field(
         default_factory=lambda: ["loss", "art_blackbox"]

@@ -76,6 +76,7 @@ from raigate.labels import align_classes, data_to_model_index
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.stats import wilson_interval
+from raigate.values import Fraction
 
 NAME = "robustness"
 DEFAULT_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
@@ -101,11 +102,11 @@ class RobustnessParams(BaseModel):
         default_factory=dict, description="keyword arguments for art:NAME attacks (JSON)"
     )
     norms: list[Literal["linf", "l2"]] = Field(default_factory=lambda: ["linf"])
-    eps: list[float] = Field(default_factory=lambda: list(DEFAULT_EPS))
+    eps: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_EPS))
     pgd_steps: int = Field(20, ge=1)
     pgd_restarts: int = Field(1, ge=1)
-    pgd_step_size: float | None = Field(None, gt=0, description="default 2.5*eps/steps")
-    smoothing_sigma: float | None = Field(None, gt=0, description="None: no smoothing")
+    pgd_step_size: Fraction | None = Field(None, gt=0, description="default 2.5*eps/steps")
+    smoothing_sigma: Fraction | None = Field(None, gt=0, description="None: no smoothing")
     smoothing_model: str | None = Field(
         None,
         description="smooth this model (e.g. a noise-trained variant from `raigate harden "
@@ -118,7 +119,7 @@ class RobustnessParams(BaseModel):
     certify_n: int = Field(100_000, ge=1)
     certify_n0: int = Field(100, ge=1)
     alpha: float = Field(0.001, gt=0, lt=0.5)
-    certify_radii: list[float] = Field(default_factory=lambda: list(DEFAULT_RADII))
+    certify_radii: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_RADII))
     certify_max_samples: int | None = Field(
         None, ge=1, description="certify a seeded class-stratified subset (default: all samples)"
     )

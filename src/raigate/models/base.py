@@ -16,6 +16,7 @@ torch.Size([4, 2])
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -67,8 +68,10 @@ def _per_channel(
     if value is None:
         return [default] * channels
     if isinstance(value, int | float):
-        return [float(value)] * channels
+        return _per_channel([value], channels, default, name)
     values = [float(v) for v in value]
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--{name} values must be finite numbers, got {values}")
     if len(values) == 1:
         return values * channels
     if len(values) != channels:

@@ -101,7 +101,7 @@ __all__ = [
 class DPParams(BaseModel):
     """Every knob of a DP-SGD run (defaults: a small-model recipe; see docs/privacy.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epsilon: float = Field(2.0, description="target epsilon for the whole run")
     delta: float = Field(1e-5, description="target delta; must be below 1/N")
