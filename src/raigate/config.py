@@ -21,7 +21,8 @@ parameters and the gate policy. ``raigate audit PLAN.toml`` runs it.
     intended_use = "..."
 
 Each ``[checks.NAME]`` table is validated by that check's own ``Params`` class; an unknown
-check or field is a ConfigError naming it, so a typo never silently drops a gate.
+check or field is a ConfigError naming it, so a typo never silently drops a gate. A plan
+without any check table is a ConfigError too: an audit that checks nothing must not pass.
 
 One report can cover variants of the model too (a noise-trained copy for randomized
 smoothing, a DP-SGD retrained copy), so their digests are signed with the rest::
@@ -127,7 +128,9 @@ class AuditPlan(BaseModel):
         default_factory=dict, description="further models (variants) checks may name"
     )
     data: DataSection
-    checks: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"evaluate": {}})
+    checks: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="at least one [checks.NAME] table; none is an error"
+    )
     card: CardSection = Field(default_factory=CardSection)
     source: str | None = Field(None, description="the plan file, for messages and relative paths")
 
@@ -153,7 +156,11 @@ class AuditPlan(BaseModel):
 
         where = self.source or "plan"
         if not self.checks:
-            raise ConfigError(f"{where}: no [checks.NAME] tables; available: {', '.join(CHECKS)}")
+            # an audit that checks nothing would pass: refuse it rather than sign an empty verdict
+            raise ConfigError(
+                f"{where}: the plan has no checks; add at least one [checks.NAME] table "
+                f"(available: {', '.join(CHECKS)})"
+            )
         known_models = [PRIMARY, *self.models]
         out: list[CheckInstance] = []
         for name, raw in self.checks.items():

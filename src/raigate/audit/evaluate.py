@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from raigate._io import write_atomic
 from raigate.data.base import Dataset
 from raigate.environment import collect_environment
-from raigate.errors import ConfigError
+from raigate.errors import ConfigError, DataError
 from raigate.labels import align_classes
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
@@ -58,6 +58,24 @@ def prepare(model: Model, data: Dataset) -> Dataset:
             f"the model expects {c} input channels but {data.spec} has {data.channels}"
         )
     return data.resized((h, w))
+
+
+def require_inputs(model: Model, data: Dataset) -> None:
+    """What every check needs of a model and its data before any work: samples, and as
+    many channels as the model takes (resizing is done for it; channels are not)."""
+    if len(data) == 0:
+        raise DataError(
+            f"{data.spec}: no samples to audit (empty split or selection); check the data "
+            "spec, --limit and --sample"
+        )
+    if data.channels != model.input_shape[0]:
+        prepare(model, data)  # raises, naming both channel counts
+
+
+def validate(model: Model, data: Dataset, params: EvaluateParams) -> None:
+    """Plan preflight: what ``run`` would refuse, found before any check runs."""
+    require_inputs(model, data)
+    align_classes(model.class_names, data.class_names, params.label_map)
 
 
 @torch.no_grad()
@@ -125,6 +143,7 @@ def run(
     """
     params = params or EvaluateParams()
     start = time.perf_counter()
+    require_inputs(model, data)
     mapping = align_classes(model.class_names, data.class_names, params.label_map)
     preds_model, conf = predict(
         model,

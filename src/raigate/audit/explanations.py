@@ -49,7 +49,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from raigate._io import write_atomic
-from raigate.audit.evaluate import prepare
+from raigate.audit.evaluate import prepare, require_inputs
 from raigate.data.base import Dataset, select
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError
@@ -409,39 +409,16 @@ def _sanity(
     return records, figure
 
 
-def run(
-    model: Model,
-    data: Dataset,
-    params: ExplainParams | None = None,
-    *,
-    out_dir: str | Path | None = None,
-) -> CheckResult:
-    """Explain ``model`` on ``data`` and test the explanations; see the module docstring.
-
-    With ``out_dir``, writes the PNG figures there and lists them in ``artifacts``;
-    ``result.json`` is the caller's to write (``result.write(out_dir)``).
-    """
-    params = params or ExplainParams()
-    start = time.perf_counter()
-    requested = {name: get_method(name) for name in params.methods}
+def _method_status(
+    model: Model, params: ExplainParams
+) -> tuple[dict[str, Method], list[dict[str, Any]]]:
+    """The requested methods that can run on ``model``, and a status row for every one (a
+    skipped method says why); ConfigError for an unknown method, a bad layer, or none left."""
     config = params.attribution_config()
-    model.to(params.device)
-    data = prepare(model, data)
-    if len(data) == 0:
-        raise ConfigError(f"{data.spec} holds no samples to explain")
-    data = explained_samples(data, params)
-    n = len(data)
-    label_targets = (
-        data_to_model_index(model.class_names, data.class_names, params.label_map)
-        if params.target == "label"
-        else None
-    )
-    if label_targets is not None and np.any(label_targets[np.unique(data.labels)] < 0):
-        raise ConfigError("--target label: some data labels match no model class; see --label-map")
-
     status: list[dict[str, Any]] = []
     methods: dict[str, Method] = {}
-    for name, method in requested.items():
+    for name in params.methods:
+        method = get_method(name)
         reason = method.skip_reason(model, config)
         if reason is None:
             methods[name] = method
@@ -456,6 +433,45 @@ def run(
     if not methods:
         notes = "; ".join(r["note"] for r in status)
         raise ConfigError(f"none of the requested methods can run on this model: {notes}")
+    return methods, status
+
+
+def validate(model: Model, data: Dataset, params: ExplainParams) -> None:
+    """Plan preflight: samples, channels, the methods (names, Grad-CAM layer, at least one
+    runnable) and, for ``target = "label"``, the class names, before any check runs."""
+    require_inputs(model, data)
+    _method_status(model, params)
+    if params.target == "label":
+        data_to_model_index(model.class_names, data.class_names, params.label_map)
+
+
+def run(
+    model: Model,
+    data: Dataset,
+    params: ExplainParams | None = None,
+    *,
+    out_dir: str | Path | None = None,
+) -> CheckResult:
+    """Explain ``model`` on ``data`` and test the explanations; see the module docstring.
+
+    With ``out_dir``, writes the PNG figures there and lists them in ``artifacts``;
+    ``result.json`` is the caller's to write (``result.write(out_dir)``).
+    """
+    params = params or ExplainParams()
+    start = time.perf_counter()
+    config = params.attribution_config()
+    model.to(params.device)
+    methods, status = _method_status(model, params)
+    data = prepare(model, data)
+    if len(data) == 0:
+        raise ConfigError(f"{data.spec} holds no samples to explain")
+    data = explained_samples(data, params)
+    n = len(data)
+    label_targets = (
+        data_to_model_index(model.class_names, data.class_names, params.label_map)
+        if params.target == "label"
+        else None
+    )
 
     keep = min(n, max(params.grid_samples, params.sensitivity_samples, params.sanity_samples))
     col = _attribution_pass(model, data, methods, config, params, label_targets, keep)

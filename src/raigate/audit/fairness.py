@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raigate._io import write_atomic
 from raigate.audit import fairness_stats as fs
 from raigate.audit import fairness_tables as ft
-from raigate.audit.evaluate import predict
+from raigate.audit.evaluate import predict, require_inputs
 from raigate.data.base import Dataset
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError, DataError
@@ -207,6 +207,14 @@ def resolve_groups(
 
 
 # -- the check ---------------------------------------------------------------------------------
+def validate(model: Model, data: Dataset, params: FairnessParams) -> None:
+    """Plan preflight: samples, channels, the attribute columns and the class names, checked
+    before any check of the plan runs (e.g. fairness on data without attributes)."""
+    require_inputs(model, data)
+    resolve_groups(data, params.sensitive, params.intersections)
+    align_classes(model.class_names, data.class_names, params.label_map)
+
+
 def run(
     model: Model,
     data: Dataset,

@@ -59,7 +59,7 @@ from raigate.attacks import (
     run_art_attack,
     takes_eps,
 )
-from raigate.audit.evaluate import prepare
+from raigate.audit.evaluate import prepare, require_inputs
 from raigate.audit.robustness_findings import (
     eps_text,
     group_gap_records,
@@ -84,7 +84,7 @@ DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 Record = dict[str, Any]
 Key = tuple[str, str, str | None, float | None]
 
-__all__ = ["NAME", "RobustnessParams", "run"]
+__all__ = ["NAME", "RobustnessParams", "run", "validate"]
 
 
 class RobustnessParams(BaseModel):
@@ -416,6 +416,20 @@ def _estimate(p: RobustnessParams, n: int) -> str:
     if any(a.startswith("art:") for a in p.attacks):
         text += " plus the ART attacks' own queries"
     return text + f"; n={n} samples"
+
+
+def validate(
+    model: Model, data: Dataset, params: RobustnessParams, smoothing_base: Model | None = None
+) -> None:
+    """Plan preflight: samples, channels, class names, ART attack names and the smoothed
+    variant's fit, checked before any check of the plan runs."""
+    require_inputs(model, data)
+    align_classes(model.class_names, data.class_names, params.label_map)
+    for a in params.attacks:
+        if a.startswith("art:"):
+            resolve_art_attack(a)
+    if smoothing_base is not None:
+        _smoothing_base(model, data, params, smoothing_base)
 
 
 def run(
