@@ -6,11 +6,13 @@ command stays a thin parse-call-print function.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -26,14 +28,43 @@ def echo_error(message: str) -> None:
     typer.echo(f"raigate: error: {message}", err=True)
 
 
+def echo_warning(message: str) -> None:
+    typer.echo(f"raigate: warning: {message}", err=True)
+
+
+@contextlib.contextmanager
+def print_warnings() -> Iterator[None]:
+    """Show every :class:`raigate.sanity.RaigateWarning` issued inside as one
+    ``raigate: warning: ...`` line on stderr, each distinct message once per command (a model
+    loaded twice warns once); other Python warnings keep their usual handling."""
+    from raigate.sanity import RaigateWarning
+
+    seen: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RaigateWarning)
+        shown = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if not issubclass(category, RaigateWarning):
+                shown(message, category, *args, **kwargs)
+            elif str(message) not in seen:
+                seen.add(str(message))
+                echo_warning(str(message))
+
+        warnings.showwarning = show
+        yield
+
+
 def handle_errors(fn: F) -> F:
     """Map the exception tree to exit codes with a one-line message, never a traceback for
-    user mistakes. Works under ``typer.testing.CliRunner`` too (it raises ``typer.Exit``)."""
+    user mistakes, and print raigate's warnings as one line each (:func:`print_warnings`).
+    Works under ``typer.testing.CliRunner`` too (it raises ``typer.Exit``)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with print_warnings():
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
         except GateFailed as exc:

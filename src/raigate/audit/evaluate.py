@@ -31,6 +31,7 @@ from raigate.errors import ConfigError, DataError
 from raigate.labels import align_classes
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
+from raigate.sanity import chance_findings
 from raigate.stats import wilson_interval
 
 NAME = "evaluate"
@@ -207,6 +208,8 @@ def run(
                 ),
             )
         )
+
+    findings += chance_findings(NAME, correct, labels, len(data.class_names))
 
     artifacts: list[str] = []
     if out_dir is not None:

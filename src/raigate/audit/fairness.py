@@ -62,6 +62,7 @@ from raigate.errors import ConfigError, DataError
 from raigate.labels import align_classes
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
+from raigate.sanity import chance_findings
 
 NAME = "fairness"
 FAIRFACE_ATTRIBUTES: tuple[str, ...] = ("race", "gender", "age")
@@ -281,6 +282,7 @@ def run(
         rows, found = ft.gates(s, classes, params, comps)
         summary += rows
         findings += found
+    findings += chance_findings(NAME, pred == y, y, k)
 
     n = len(y)
     metrics: dict[str, Any] = {

@@ -257,7 +257,7 @@ def run(
         findings=findings,
         seed=params.seed,
         environment=collect_environment(params.device),
-        model=ModelRef(spec=model.spec, digest=model.digest),
+        model=ModelRef(spec=model.spec, digest=model.digest, warnings=model.warnings),
         data=DataRef(
             spec=non_members.spec,
             manifest_digest=non_members.manifest.digest,
@@ -265,6 +265,7 @@ def run(
             n=len(non_members),
             members_spec=members.spec,
             members_manifest_digest=members.manifest.digest,
+            warnings=[*non_members.warnings, *members.warnings],
         ),
         timing_s=round(time.perf_counter() - start, 3),
     )

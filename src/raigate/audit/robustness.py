@@ -75,6 +75,7 @@ from raigate.errors import ConfigError
 from raigate.labels import align_classes, data_to_model_index
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
+from raigate.sanity import chance_findings
 from raigate.stats import wilson_interval
 from raigate.values import Fraction
 
@@ -497,6 +498,8 @@ def run(
         rows, large_rows, tolerance=p.masking_tolerance,
         large_eps_max_accuracy=p.large_eps_max_accuracy,
     )  # fmt: skip
+    clean = sweep.correct[("base", "clean", None, 0.0)]
+    findings += chance_findings(NAME, clean, prepared.labels, len(data.class_names))
     attacked = [r["accuracy"] for r in rows if r["model"] == "base" and r["attack"] != "clean"]
     metrics: dict[str, Any] = {
         "n": n,
@@ -511,7 +514,7 @@ def run(
     if smoothed is not None:
         metrics["smoothed_vs_base"] = _ratios(rows, p)
         metrics["smoothing_model"] = [
-            {**ModelRef.of(f).model_dump(), "same_as_audited": f is model}
+            {**ModelRef.of(f).model_dump(exclude={"warnings"}), "same_as_audited": f is model}
         ]
         if p.certify:
             base_clean = sweep.correct[("base", "clean", None, 0.0)]

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from raigate.errors import ConfigError
+from raigate.results import Finding
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,13 @@ class Model(nn.Module):
         if len(set(names)) != len(names):
             raise ConfigError(f"class names must be unique, got {list(names)}")
         self.net = net
-        self.normalize = Normalize(
-            _per_channel(mean, shape[0], 0.0, "mean"), _per_channel(std, shape[0], 1.0, "std")
-        )
+        from raigate.sanity import normalization_findings
+
+        mean_c = _per_channel(mean, shape[0], 0.0, "mean")
+        std_c = _per_channel(std, shape[0], 1.0, "std")
+        self.normalize = Normalize(mean_c, std_c)
+        # likely input mistakes, issued as warnings now and recorded by every check's result
+        self.warnings: list[Finding] = normalization_findings(spec, mean_c, std_c)
         self.class_names: tuple[str, ...] = names
         self.input_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
         self.spec = spec
@@ -215,6 +220,7 @@ class Model(nn.Module):
             "std": [round(v, 6) for v in self.normalize.std.flatten().tolist()],
             "digest": self.digest,
             "files": self.files,
+            "warnings": [w.model_dump() for w in self.warnings],
         }
 
 

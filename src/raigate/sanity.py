@@ -1,0 +1,164 @@
+"""Warnings with their likely cause, for inputs that run but give wrong answers silently.
+
+An audit of a mis-normalized model, or of the first 50 images of a folder sorted by class,
+runs to the end and exits 0 unless something says so. Each function here returns a ``warn``
+:class:`~raigate.results.Finding` (and issues it as a :class:`RaigateWarning`, which the CLI
+prints as one ``raigate: warning: ...`` line on stderr). Models and datasets keep theirs in
+``.warnings``; :class:`~raigate.results.CheckResult` copies those into its findings, so
+``result.json``, ``report.json`` and the report show them next to the gates.
+
+The rules and why they are set where they are:
+
+* **Chance-level accuracy** (:func:`chance_findings`): chance is ``max(1/K, majority-class
+  share)`` (what a constant answer scores). The warning fires when the upper end of the
+  95% Wilson interval of accuracy lies below chance + :data:`CHANCE_MARGIN` (0.05): the data
+  then rule out, at 97.5% one-sided confidence, that the model beats a constant answer by
+  five points. A model that truly does so is flagged at most ~2.5% of the time; a model at
+  chance is flagged once n is large enough to tell (about 390 samples for 2 balanced
+  classes, 140 for 10).
+* **0-255 normalization** (:func:`normalization_findings`): raigate feeds pixels in [0, 1],
+  whose per-channel mean lies in [0, 1] and whose std is at most 0.5 (Popoviciu's
+  inequality). A mean above 1 or a std above 1 (1 is the identity default) cannot describe
+  such pixels; 0-255 statistics (ImageNet: 123.7 / 58.4) exceed both by far.
+* **--limit missing classes** (:func:`limit_findings`): the first N samples of the data hold
+  fewer classes than the whole of it (a folder listed class by class).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from raigate.results import Finding
+from raigate.stats import wilson_interval
+
+CHANCE_MARGIN = 0.05
+"""Accuracy this far above chance is the least a model that learned anything should show."""
+
+_MAX_MEAN = 1.0
+_MAX_STD = 1.0
+
+
+class RaigateWarning(UserWarning):
+    """A likely mistake in the input that does not stop the run; the message names the
+    cause and the fix."""
+
+
+def warn(finding: Finding) -> Finding:
+    """Issue ``finding`` as a :class:`RaigateWarning` and hand it back."""
+    warnings.warn(finding.message, RaigateWarning, stacklevel=3)
+    return finding
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return ",".join(f"{v:.4g}" for v in values)
+
+
+def normalization_findings(spec: str, mean: Sequence[float], std: Sequence[float]) -> list[Finding]:
+    """A warning when ``mean``/``std`` look like 0-255 statistics (see the module docstring).
+
+    >>> [f.id for f in normalization_findings("m", [123.7, 116.3, 103.5], [58.4, 57.1, 57.4])]
+    ['model.normalization_scale']
+    >>> normalization_findings("m", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    []
+    """
+    if max(mean) <= _MAX_MEAN and max(std) <= _MAX_STD:
+        return []
+    fixed_mean = [round(v / 255, 4) for v in mean]
+    fixed_std = [round(v / 255, 4) for v in std]
+    return [
+        warn(
+            Finding(
+                id="model.normalization_scale",
+                severity="warn",
+                metric="normalization_max",
+                value=float(max(*mean, *std)),
+                threshold=_MAX_MEAN,
+                message=(
+                    f"model {spec}: --mean {_fmt(mean)} / --std {_fmt(std)} look like statistics "
+                    "of 0-255 pixels, but raigate feeds the model pixels in [0,1] (a mean must "
+                    "lie in [0,1], a std at most 0.5): divide both by 255, i.e. --mean "
+                    f"{_fmt(fixed_mean)} --std {_fmt(fixed_std)}"
+                ),
+            )
+        )
+    ]
+
+
+def chance_findings(
+    check: str, correct: np.ndarray, labels: np.ndarray, n_classes: int
+) -> list[Finding]:
+    """A warning when clean accuracy is at (or below) chance (see the module docstring).
+
+    ``correct`` and ``labels`` are per sample (data label indices); ``check`` names the
+    finding (``evaluate.chance_level``).
+
+    >>> labels = np.arange(1000) % 10
+    >>> [f.id for f in chance_findings("evaluate", labels == 0, labels, 10)]  # 10% right
+    ['evaluate.chance_level']
+    >>> chance_findings("evaluate", labels < 2, labels, 10)  # 20% right: above chance
+    []
+    """
+    n = len(labels)
+    if n == 0:
+        return []
+    hits = int(np.count_nonzero(correct))
+    _, high = wilson_interval(hits, n)
+    majority = float(np.bincount(labels, minlength=n_classes).max()) / n
+    chance = max(1.0 / n_classes, majority)
+    if high >= chance + CHANCE_MARGIN:
+        return []
+    acc = hits / n
+    what = "the majority-class share" if majority > 1 / n_classes else f"1/{n_classes}"
+    return [
+        warn(
+            Finding(
+                id=f"{check}.chance_level",
+                severity="warn",
+                metric="accuracy_ci_high",
+                value=high,
+                threshold=chance + CHANCE_MARGIN,
+                message=(
+                    f"accuracy {acc:.2f} is at chance for {n_classes} classes (95% Wilson upper "
+                    f"bound {high:.3f} < chance {chance:.3f} ({what}) + {CHANCE_MARGIN}, "
+                    f"n={n}): check --mean/--std, --class-names order and --label-map"
+                ),
+            )
+        )
+    ]
+
+
+def limit_findings(
+    spec: str, limit: int, chosen: np.ndarray, everything: np.ndarray, class_names: Sequence[str]
+) -> list[Finding]:
+    """A warning when the first ``limit`` labels (``chosen``) miss classes that the whole
+    data (``everything``) has.
+
+    >>> limit_findings("folder:x", 2, np.array([0, 0]), np.array([0, 0, 1, 1]), ["a", "b"])[0].id
+    'data.limit_misses_classes'
+    """
+    present = np.unique(everything)
+    kept = np.unique(chosen)
+    missing = [str(class_names[c]) for c in present if c not in set(kept.tolist())]
+    if not missing:
+        return []
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return [
+        warn(
+            Finding(
+                id="data.limit_misses_classes",
+                severity="warn",
+                metric="classes_present",
+                value=float(len(kept)),
+                threshold=float(len(present)),
+                message=(
+                    f"{spec}: the first {len(chosen)} samples (--limit {limit}) hold "
+                    f"{len(kept)} of its {len(present)} classes, missing {shown} (the data "
+                    f"is probably sorted by class): use --sample {limit} for a seeded sample "
+                    "stratified by label"
+                ),
+            )
+        )
+    ]
