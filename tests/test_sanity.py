@@ -21,7 +21,14 @@ from raigate.cli import app
 from raigate.models.base import Normalize
 from raigate.models.weights import save_safetensors
 from raigate.results import CheckResult
-from raigate.sanity import CHANCE_MARGIN, RaigateWarning, chance_findings
+from raigate.sanity import (
+    CHANCE_MARGIN,
+    SCALE_RATIO,
+    SCALE_SAMPLES,
+    RaigateWarning,
+    chance_findings,
+    input_scale_findings,
+)
 from raigate.training import fit
 from raigate.zoo import small_cnn
 
@@ -256,3 +263,54 @@ def test_audit_report_shows_input_warnings_as_gates(tmp_path: Path) -> None:
     assert report["verdict"] == "warn"
     assert report["model"]["warnings"][0]["id"] == "model.normalization_scale"
     assert "model.normalization_scale" in (out / "report.html").read_text()
+
+
+# -- input scale unlike training (first BatchNorm's running variance) ----------------------------
+def test_input_scale_ratio_matches_an_independent_computation(demo_test: raigate.Dataset) -> None:
+    data = raigate.select(demo_test, sample=300, seed=0)
+    bn = torch.nn.BatchNorm2d(3).eval()
+    net = torch.nn.Sequential(bn, torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2))
+    with torch.no_grad():
+        bn.running_var.copy_(torch.tensor([0.01, 0.02, 0.04]))  # as if trained on other pixels
+    std = 0.5  # the BatchNorm sees x / 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RaigateWarning)
+        model = raigate.wrap(net, class_names=["Male", "Female"], input_shape=(3, 32, 32), std=std)
+        (f,) = input_scale_findings("evaluate", model, data, batch_size=64)
+    # independently: the same evenly spread images, per-channel pixel variance with numpy
+    positions = np.unique(np.linspace(0, len(data) - 1, SCALE_SAMPLES).astype(np.int64))
+    x = np.stack([data[int(i)][0].numpy() for i in positions]).astype(np.float64) / std
+    var = x.transpose(1, 0, 2, 3).reshape(3, -1).var(axis=1, ddof=1)
+    expected = float(np.median(var / (np.array([0.01, 0.02, 0.04]) + bn.eps)))
+    assert f.id == "evaluate.input_scale" and f.value == pytest.approx(expected, rel=1e-6)
+    assert expected > SCALE_RATIO and f.threshold == SCALE_RATIO
+    assert "first BatchNorm layer (0)" in f.message and "check --mean/--std" in f.message
+    with torch.no_grad():  # running statistics that match the images: no warning
+        bn.running_var.copy_(torch.as_tensor(var, dtype=torch.float32))
+    assert input_scale_findings("evaluate", model, data, batch_size=64) == []
+    no_bn = raigate.wrap(small_cnn(2), class_names=["Male", "Female"], input_shape=(3, 32, 32))
+    assert input_scale_findings("evaluate", no_bn, data) == []  # nothing to compare with
+
+
+def test_forgotten_normalization_on_the_public_resnet20(shared_data_dir: Path) -> None:
+    """The issue's case: without --mean/--std the public ResNet-20 scores 0.27, not 0.81,
+    far above chance; only the BatchNorm input-scale rule catches it."""
+    weights = shared_data_dir / "weights" / "akamaster_resnet20-12fca82f.th"
+    folder = shared_data_dir / "cifar10-test-jpg"
+    if not weights.is_file() or not folder.is_dir():
+        pytest.skip("ResNet-20 weights or CIFAR-10 JPEGs absent")
+    data = raigate.load_data(f"folder:{folder}", sample=300, seed=0)
+    params = evaluate.EvaluateParams(progress=False)
+    with pytest.warns(RaigateWarning, match=r"first BatchNorm layer \(bn1\) sees inputs with 0.0"):
+        plain = raigate.load_model("raigate.zoo:resnet20", weights=weights, data=data)
+        bad = evaluate.run(plain, data, params)
+    (f,) = [f for f in bad.findings if f.id == "evaluate.input_scale"]
+    assert f.value < 0.1 and bad.metric("accuracy") < 0.4
+    assert not any(f.id == "evaluate.chance_level" for f in bad.findings)  # above chance
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RaigateWarning)
+        right = raigate.load_model(
+            "raigate.zoo:resnet20", weights=weights, data=data, mean=IMAGENET_MEAN, std=IMAGENET_STD
+        )
+        good = evaluate.run(right, data, params)
+    assert good.metric("accuracy") > 0.7 and good.findings == []

@@ -24,6 +24,15 @@ The rules and why they are set where they are:
   whose per-channel mean lies in [0, 1] and whose std is at most 0.5 (Popoviciu's
   inequality). A mean above 1 or a std above 1 (1 is the identity default) cannot describe
   such pixels; 0-255 statistics (ImageNet: 123.7 / 58.4) exceed both by far.
+* **Input scale unlike training** (:func:`input_scale_findings`, models with BatchNorm): the
+  first BatchNorm layer to run keeps the variance of its inputs during training. On the
+  audited images, the median over channels of (input variance / running variance) should be
+  near 1: measured 0.74-0.79 for the public ResNet-20/56 on CIFAR-10 JPEGs with the right
+  mean/std, 0.58 for ResNet-20 on FairFace faces (other data, right normalization), but
+  0.047 without ``--mean/--std`` (accuracy 0.27 instead of 0.81), 0.07 with 0-255 statistics
+  and 0.16 with mean = std = 0.5 (accuracy 0.62). Outside [1/4, 4] (the input's scale off by
+  a factor 2) is flagged. Forgetting the normalization leaves accuracy well above chance,
+  so only this rule catches it.
 * **--limit missing classes** (:func:`limit_findings`): the first N samples of the data hold
   fewer classes than the whole of it (a folder listed class by class).
 """
@@ -32,11 +41,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import Tensor, nn
 
 from raigate.results import Finding
 from raigate.stats import wilson_interval
+
+if TYPE_CHECKING:
+    from raigate.data.base import Dataset
+    from raigate.models.base import Model
 
 CHANCE_MARGIN = 0.1
 """The share of the gap between chance and perfect accuracy that a model which learned
@@ -44,6 +60,9 @@ anything closes at least (a Cohen's kappa of 0.1)."""
 
 _MAX_MEAN = 1.0
 _MAX_STD = 1.0
+SCALE_RATIO = 4.0
+"""The first BatchNorm's input variance may differ from its running variance by this factor."""
+SCALE_SAMPLES = 256
 
 
 class RaigateWarning(UserWarning):
@@ -169,4 +188,92 @@ def limit_findings(
                 ),
             )
         )
+    ]
+
+
+def _first_batchnorm_variance(
+    model: Model, data: Dataset, *, device: str, batch_size: int
+) -> tuple[str, float] | None:
+    """(name, median over channels of input variance / running variance) of the first
+    BatchNorm layer to run, over up to :data:`SCALE_SAMPLES` evenly spread images."""
+    from raigate.audit.evaluate import prepare
+
+    layers = {
+        m: name
+        for name, m in model.net.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None
+    }
+    if not layers or len(data) == 0:
+        return None
+    sums: dict[str, Any] = {}
+
+    def record(module: nn.Module, inputs: tuple[Tensor, ...], _out: Tensor) -> None:
+        if sums.setdefault("layer", module) is not module:
+            return  # a later BatchNorm: only the first one sees the preprocessed input
+        t = inputs[0].detach().double().transpose(0, 1).flatten(1)  # channels x values
+        sums["n"] = sums.get("n", 0) + t.shape[1]
+        sums["s"] = sums.get("s", 0) + t.sum(1)
+        sums["q"] = sums.get("q", 0) + (t * t).sum(1)
+
+    hooks = [m.register_forward_hook(record) for m in layers]
+    positions = np.unique(np.linspace(0, len(data) - 1, SCALE_SAMPLES).astype(np.int64))
+    try:
+        with torch.no_grad():
+            for x, _, _ in prepare(model, data.subset(positions)).loader(batch_size):
+                model.logits(x.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+    layer = sums["layer"]
+    n = sums["n"]
+    var = (sums["q"] - sums["s"] ** 2 / n) / max(n - 1, 1)
+    ratio = var / (layer.running_var.double() + layer.eps)
+    return layers[layer], float(ratio.median())
+
+
+def input_scale_findings(
+    check: str, model: Model, data: Dataset, *, device: str = "cpu", batch_size: int = 128
+) -> list[Finding]:
+    """A warning when the first BatchNorm layer sees inputs at a scale unlike training (see
+    the module docstring); ``[]`` for models without BatchNorm running statistics."""
+    measured = _first_batchnorm_variance(model, data, device=device, batch_size=batch_size)
+    if measured is None:
+        return []
+    name, ratio = measured
+    if 1 / SCALE_RATIO <= ratio <= SCALE_RATIO:
+        return []
+    return [
+        warn(
+            Finding(
+                id=f"{check}.input_scale",
+                severity="warn",
+                metric="batchnorm_variance_ratio",
+                value=ratio,
+                threshold=SCALE_RATIO if ratio > SCALE_RATIO else 1 / SCALE_RATIO,
+                message=(
+                    f"the model's first BatchNorm layer ({name}) sees inputs with {ratio:.2g}x "
+                    f"the variance it was trained on (median over channels; 1/{SCALE_RATIO:g} "
+                    f"to {SCALE_RATIO:g} is usual): the images reach the network scaled unlike "
+                    "its training data; check --mean/--std (missing or wrong normalization) "
+                    "and that the data are the kind the model was trained on"
+                ),
+            )
+        )
+    ]
+
+
+def accuracy_findings(
+    check: str,
+    model: Model,
+    data: Dataset,
+    correct: np.ndarray,
+    *,
+    device: str = "cpu",
+    batch_size: int = 128,
+) -> list[Finding]:
+    """What a check that measures clean accuracy on ``data`` adds: accuracy at chance, and
+    an input scale unlike training (``correct``: per sample of ``data``)."""
+    return [
+        *chance_findings(check, correct, data.labels, len(data.class_names)),
+        *input_scale_findings(check, model, data, device=device, batch_size=batch_size),
     ]

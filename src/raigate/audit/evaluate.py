@@ -31,7 +31,7 @@ from raigate.errors import ConfigError, DataError
 from raigate.labels import align_classes
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
-from raigate.sanity import chance_findings
+from raigate.sanity import accuracy_findings
 from raigate.stats import wilson_interval
 
 NAME = "evaluate"
@@ -209,7 +209,9 @@ def run(
             )
         )
 
-    findings += chance_findings(NAME, correct, labels, len(data.class_names))
+    findings += accuracy_findings(
+        NAME, model, data, correct, device=params.device, batch_size=params.batch_size
+    )
 
     artifacts: list[str] = []
     if out_dir is not None:

@@ -62,7 +62,7 @@ from raigate.errors import ConfigError, DataError
 from raigate.labels import align_classes
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
-from raigate.sanity import chance_findings
+from raigate.sanity import accuracy_findings
 
 NAME = "fairness"
 FAIRFACE_ATTRIBUTES: tuple[str, ...] = ("race", "gender", "age")
@@ -282,7 +282,9 @@ def run(
         rows, found = ft.gates(s, classes, params, comps)
         summary += rows
         findings += found
-    findings += chance_findings(NAME, pred == y, y, k)
+    findings += accuracy_findings(
+        NAME, model, data, pred == y, device=params.device, batch_size=params.batch_size
+    )
 
     n = len(y)
     metrics: dict[str, Any] = {

@@ -75,7 +75,7 @@ from raigate.errors import ConfigError
 from raigate.labels import align_classes, data_to_model_index
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
-from raigate.sanity import chance_findings
+from raigate.sanity import accuracy_findings
 from raigate.stats import wilson_interval
 from raigate.values import Fraction
 
@@ -499,7 +499,9 @@ def run(
         large_eps_max_accuracy=p.large_eps_max_accuracy,
     )  # fmt: skip
     clean = sweep.correct[("base", "clean", None, 0.0)]
-    findings += chance_findings(NAME, clean, prepared.labels, len(data.class_names))
+    findings += accuracy_findings(
+        NAME, model, prepared, clean, device=p.device, batch_size=p.batch_size
+    )
     attacked = [r["accuracy"] for r in rows if r["model"] == "base" and r["attack"] != "clean"]
     metrics: dict[str, Any] = {
         "n": n,
