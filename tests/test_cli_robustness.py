@@ -174,7 +174,8 @@ def test_smoothing_model_must_match_classes(hardened: Path, tmp_path: Path) -> N
     "args,needles",
     [
         (["--eps=1/255,-1/255"], ["--eps values must be >= 0, got '-1/255'"]),
-        (["--eps", "a/b"], ["--eps must be comma-separated numbers"]),
+        (["--eps", "a/b"], ["--eps: 'a/b' is not a number or a fraction like 8/255"]),
+        (["--eps", "4/0"], ["--eps: '4/0' divides by zero"]),
         (["--norm", "lnf"], ["--norm must be linf or l2", "'lnf'"]),
         (
             ["--smoothing-sigma", "0.25", "--certify-n0", "200", "--certify-n", "100"],

@@ -35,6 +35,7 @@ from raigate.cli_common import (
     format_table,
     handle_errors,
     load_model_from_options,
+    make_params,
     read_label_map,
     resolve_device,
 )
@@ -191,12 +192,8 @@ def evaluate_cmd(
     from raigate.audit import evaluate
     from raigate.data import load_data
 
-    data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
-    model = load_model_from_options(
-        model_spec, weights, class_names, input_size, mean, std, data=data,
-        trust_code=trust_code, random_init=random_init,
-    )  # fmt: skip
-    params = evaluate.EvaluateParams(
+    params = make_params(
+        evaluate.EvaluateParams,
         batch_size=batch_size,
         workers=workers,
         min_accuracy=min_accuracy,
@@ -205,6 +202,11 @@ def evaluate_cmd(
         seed=seed,
         progress=sys.stderr.isatty(),
     )
+    data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
+    model = load_model_from_options(
+        model_spec, weights, class_names, input_size, mean, std, data=data,
+        trust_code=trust_code, random_init=random_init,
+    )  # fmt: skip
     result = evaluate.run(model, data, params, out_dir=out)
     path = result.write(out)
     _print_evaluation(result)

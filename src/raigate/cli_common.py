@@ -6,17 +6,20 @@ command stays a thin parse-call-print function.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from raigate.errors import ConfigError, GateFailed, RaigateError
+from raigate.values import parse_fraction
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,14 +28,43 @@ def echo_error(message: str) -> None:
     typer.echo(f"raigate: error: {message}", err=True)
 
 
+def echo_warning(message: str) -> None:
+    typer.echo(f"raigate: warning: {message}", err=True)
+
+
+@contextlib.contextmanager
+def print_warnings() -> Iterator[None]:
+    """Show every :class:`raigate.sanity.RaigateWarning` issued inside as one
+    ``raigate: warning: ...`` line on stderr, each distinct message once per command (a model
+    loaded twice warns once); other Python warnings keep their usual handling."""
+    from raigate.sanity import RaigateWarning
+
+    seen: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RaigateWarning)
+        shown = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if not issubclass(category, RaigateWarning):
+                shown(message, category, *args, **kwargs)
+            elif str(message) not in seen:
+                seen.add(str(message))
+                echo_warning(str(message))
+
+        warnings.showwarning = show
+        yield
+
+
 def handle_errors(fn: F) -> F:
     """Map the exception tree to exit codes with a one-line message, never a traceback for
-    user mistakes. Works under ``typer.testing.CliRunner`` too (it raises ``typer.Exit``)."""
+    user mistakes, and print raigate's warnings as one line each (:func:`print_warnings`).
+    Works under ``typer.testing.CliRunner`` too (it raises ``typer.Exit``)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with print_warnings():
+                return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
         except GateFailed as exc:
@@ -77,20 +109,36 @@ def one_line(exc: BaseException) -> str:
 
 # -- option parsing -----------------------------------------------------------------------
 def parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    """Comma-separated numbers or fractions (``1/255,2/255``); anything else, a division by
+    zero or a non-finite value is a ConfigError naming the flag."""
     if text is None:
         return None
     try:
-        return tuple(float(parse_fraction(v)) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+        return tuple(parse_fraction(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise ConfigError(
+            f"--{name}: {exc}; give comma-separated numbers or fractions, e.g. 0.5 or 8/255"
+        ) from None
 
 
-def parse_fraction(v: str) -> float:
-    v = v.strip()
-    if "/" in v:
-        a, b = v.split("/", 1)
-        return float(a) / float(b)
-    return float(v)
+def make_params(cls: type[Any], flags: dict[str, str] | None = None, **values: Any) -> Any:
+    """``cls(**values)`` for a pydantic params class; a validation error becomes a one-line
+    ConfigError naming the flag the user typed (``flags`` maps field -> flag where the flag
+    is not ``--field-name``), so a bad value exits 2, never 3."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(x) for x in err["loc"]]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not loc:
+            raise ConfigError(msg) from None
+        flag = (flags or {}).get(loc[0], "--" + loc[0].replace("_", "-"))
+        got = err.get("input")
+        shown = f" (got {got!r})" if "input" in err and not isinstance(got, dict | list) else ""
+        raise ConfigError(f"{flag}: {msg}{shown}") from None
 
 
 def parse_ints(text: str | None, name: str) -> tuple[int, ...] | None:

@@ -24,7 +24,8 @@ parameters and the gate policy. ``raigate audit PLAN.toml`` runs it.
     intended_use = "..."
 
 Each ``[checks.NAME]`` table is validated by that check's own ``Params`` class; an unknown
-check or field is a ConfigError naming it, so a typo never silently drops a gate.
+check or field is a ConfigError naming it, so a typo never silently drops a gate. A plan
+without any check table is a ConfigError too: an audit that checks nothing must not pass.
 
 One report can cover variants of the model too (a noise-trained copy for randomized
 smoothing, a DP-SGD retrained copy), so their digests are signed with the rest::
@@ -57,6 +58,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from raigate.errors import ConfigError
+from raigate.values import Fraction
 
 
 class ModelSection(BaseModel):
@@ -68,8 +70,8 @@ class ModelSection(BaseModel):
     weights: str | None = None
     class_names: list[str] | None = None
     input_size: list[int] | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    mean: list[Fraction] | None = None
+    std: list[Fraction] | None = None
     random_init: bool = Field(
         False, description="a factory without weights is meant: audit an untrained network"
     )
@@ -137,7 +139,9 @@ class AuditPlan(BaseModel):
         default_factory=dict, description="further models (variants) checks may name"
     )
     data: DataSection
-    checks: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"evaluate": {}})
+    checks: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="at least one [checks.NAME] table; none is an error"
+    )
     card: CardSection = Field(default_factory=CardSection)
     source: str | None = Field(None, description="the plan file, for messages and relative paths")
 
@@ -163,7 +167,11 @@ class AuditPlan(BaseModel):
 
         where = self.source or "plan"
         if not self.checks:
-            raise ConfigError(f"{where}: no [checks.NAME] tables; available: {', '.join(CHECKS)}")
+            # an audit that checks nothing would pass: refuse it rather than sign an empty verdict
+            raise ConfigError(
+                f"{where}: the plan has no checks; add at least one [checks.NAME] table "
+                f"(available: {', '.join(CHECKS)})"
+            )
         known_models = [PRIMARY, *self.models]
         out: list[CheckInstance] = []
         for name, raw in self.checks.items():
@@ -192,9 +200,7 @@ class AuditPlan(BaseModel):
             try:
                 params = params_cls(**values)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                field = ".".join(str(p) for p in err["loc"])
-                raise ConfigError(f"{where}: checks.{name}.{field}: {err['msg']}") from None
+                raise ConfigError(f"{where}: checks.{name}.{_first_error(exc)}") from None
             for field in getattr(params_cls, "PLAN_MODEL_FIELDS", {}):
                 ref = getattr(params, field)
                 if ref is not None and ref not in known_models:
@@ -204,6 +210,16 @@ class AuditPlan(BaseModel):
                     )
             out.append(CheckInstance(name=name, check=check, model=model, params=params))
         return out
+
+
+def _first_error(exc: ValidationError) -> str:
+    """``field.path: message (got VALUE)`` of a validation error's first problem."""
+    err = exc.errors()[0]
+    field = ".".join(str(part) for part in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    got = err.get("input")
+    shown = f" (got {got!r})" if "input" in err and not isinstance(got, dict | list) else ""
+    return f"{field}: {msg}{shown}" if field else f"{msg}{shown}"
 
 
 def _relative(base: Path, path: str) -> str:
@@ -241,9 +257,7 @@ def load_plan(path: str | os.PathLike[str]) -> AuditPlan:
     try:
         plan = AuditPlan(**raw, source=str(p))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(part) for part in err["loc"])
-        raise ConfigError(f"{p}: {field}: {err['msg']}") from None
+        raise ConfigError(f"{p}: {_first_error(exc)}") from None
     base = p.resolve().parent
 
     def model_paths(section: ModelSection) -> ModelSection:

@@ -56,3 +56,27 @@ def align_classes(
     if len(set(mapping[mapping >= 0].tolist())) != int((mapping >= 0).sum()):
         raise ConfigError(f"two model classes map to the same data label: {list(model_names)}")
     return mapping
+
+
+def data_to_model_index(
+    model_names: Sequence[str],
+    data_names: Sequence[str],
+    label_map: Mapping[str, str] | None = None,
+) -> np.ndarray:
+    """Index array ``inv`` with ``inv[data_label] = model_class``: the model's output unit for
+    each data label, matched by name (:func:`align_classes`, whose errors it raises).
+
+    Attacks, training and per-example losses need the target as the model's own index; the
+    inverse of :func:`align_classes` is that map. Every data label has a model class (else
+    ``align_classes`` refuses), so no entry is ``-1``.
+
+    >>> data_to_model_index(["dog", "cat", "bird"], ["Cat", "Dog"]).tolist()
+    [1, 0]
+    >>> data_to_model_index(["m", "f"], ["Male", "Female"], {"m": "male", "f": "female"}).tolist()
+    [0, 1]
+    """
+    mapping = align_classes(model_names, data_names, label_map)
+    inverse = np.full(len(data_names), -1, dtype=np.int64)
+    known = np.flatnonzero(mapping >= 0)
+    inverse[mapping[known]] = known
+    return inverse

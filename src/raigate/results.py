@@ -7,9 +7,14 @@ Schema version "1"::
      "findings": [{"id", "severity": "pass"|"warn"|"fail", "metric", "value",
                    "threshold", "message"}],
      "artifacts": [relative paths], "seed": int, "environment": {...},
-     "model": {"spec", "digest"}, "data": {"spec", "manifest_digest", "synthetic"},
+     "model": {"spec", "digest", "random_init", "warnings"},
+     "data": {"spec", "manifest_digest", "synthetic", "warnings"},
      "timing_s": float, "created_at": ISO-8601,
      "verdict_scope": null or what the verdict covers (e.g. robustness not gated)}
+
+``model.warnings`` and ``data.warnings`` are ``warn`` findings about the inputs (a 0-255
+normalization, a ``--limit`` that misses classes; see :mod:`raigate.sanity`); every one of
+them is also among ``findings``.
 
 Serialization is deterministic (sorted keys, NaN/inf as null, numpy scalars as Python
 numbers) so the same run gives the same bytes except ``created_at`` and ``timing_s``.
@@ -25,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raigate._io import write_atomic
 from raigate.errors import DataError
@@ -90,6 +95,9 @@ class ModelRef(BaseModel):
     spec: str
     digest: str
     random_init: bool = False
+    warnings: list[Finding] = Field(
+        default_factory=list, description="likely input mistakes (raigate.sanity), e.g. 0-255 stats"
+    )
 
     @classmethod
     def of(cls, model: Any) -> ModelRef:
@@ -100,6 +108,7 @@ class ModelRef(BaseModel):
             random_init=bool(getattr(model, "random_init", False)),
             class_names=list(model.class_names),
             input_shape=list(model.input_shape),
+            warnings=list(getattr(model, "warnings", [])),
         )
 
 
@@ -111,6 +120,9 @@ class DataRef(BaseModel):
     spec: str
     manifest_digest: str
     synthetic: bool = False
+    warnings: list[Finding] = Field(
+        default_factory=list, description="likely input mistakes, e.g. --limit missing classes"
+    )
 
     @classmethod
     def of(cls, data: Any, n: int | None = None) -> DataRef:
@@ -121,6 +133,7 @@ class DataRef(BaseModel):
             synthetic=data.synthetic,
             n=len(data) if n is None else n,
             task=data.task,
+            warnings=list(getattr(data, "warnings", [])),
         )
 
 
@@ -185,6 +198,18 @@ class CheckResult(_JsonDocument):
     def _plain(cls, value: Any) -> Any:
         # numpy scalars would otherwise be coerced by the union's first member (4 -> 4.0)
         return to_jsonable(value)
+
+    @model_validator(mode="after")
+    def _input_warnings(self) -> Self:
+        # What the model and data carry (0-255 normalization, --limit missing classes) is a
+        # finding of every check that used them: result.json, report.json and the report show
+        # it beside the gates, and fail_on = "warn" stops CI on it.
+        have = {f.id for f in self.findings}
+        for w in (*self.model.warnings, *self.data.warnings):
+            if w.id not in have:
+                self.findings.append(w)
+                have.add(w.id)
+        return self
 
     @property
     def verdict(self) -> Severity:

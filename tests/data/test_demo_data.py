@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -20,14 +18,11 @@ def pixels(data: Dataset) -> torch.Tensor:
     return torch.cat([x for x, _, _ in data.loader(batch_size=1000)])
 
 
-def test_generation_is_fast_and_deterministic() -> None:
+def test_generation_is_deterministic() -> None:
     before = {s: demo.generate(s).content_sha256 for s in demo.SPLITS}
     demo.generate.cache_clear()
-    start = time.perf_counter()
     after = {s: demo.generate(s).content_sha256 for s in demo.SPLITS}
-    elapsed = time.perf_counter() - start
     assert after == before
-    assert elapsed < 2.0, f"generating both demo splits took {elapsed:.2f}s"
     a, b = load_data("demo:test"), load_data("demo:test")
     assert torch.equal(pixels(a), pixels(b))
     assert np.array_equal(a.labels, b.labels) and a.attributes.equals(b.attributes)

@@ -3,7 +3,6 @@ folder is absent): 3,000 FairFace validation faces and the CIFAR-10 test JPEGs."
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -40,11 +39,8 @@ def test_fairface_val3k(fairface_root: Path) -> None:
 
 def test_fairface_val3k_manifest(fairface_root: Path) -> None:
     data = load_data(f"fairface:{fairface_root}:val")
-    start = time.perf_counter()
     files = data.manifest.files
-    elapsed = time.perf_counter() - start
     assert len(files) == 3001 and files[0]["path"] == "fairface_label_val.csv"
-    assert elapsed < 20, f"hashing 3,000 faces took {elapsed:.1f}s"
 
 
 def test_fairface_full_label_files(shared_data_dir: Path) -> None:

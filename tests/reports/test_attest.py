@@ -56,7 +56,8 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "verdict: PASS" in res.output
+    # the untrained small_cnn is at chance on 64 demo images: raigate warns, the gate passes
+    assert "verdict: WARN (fail_on=fail: PASSED)" in res.output
     return out, tmp / "keys"
 
 
@@ -101,7 +102,8 @@ def test_keys_are_private_and_envelope_verifies_independently(signed: tuple[Path
     for s in stmt["subject"]:
         assert hashlib.sha256((out / s["name"]).read_bytes()).hexdigest() == s["digest"]["sha256"]
     report = json.loads((out / "report.json").read_text())
-    assert stmt["predicate"]["verdict"] == report["verdict"] == "pass"
+    assert stmt["predicate"]["verdict"] == report["verdict"] == "warn"
+    assert [g["id"] for g in stmt["predicate"]["gates"]] == [g["id"] for g in report["gates"]]
     assert stmt["predicate"]["model_digest"] == report["model"]["digest"]
     assert "PRIVATE KEY" not in "".join(
         p.read_text()

@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 from raigate._io import write_atomic
 from raigate.data.base import Dataset
 from raigate.environment import collect_environment
-from raigate.errors import ConfigError
+from raigate.errors import ConfigError, DataError
 from raigate.labels import align_classes
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
+from raigate.sanity import accuracy_findings
 from raigate.stats import wilson_interval
 
 NAME = "evaluate"
@@ -39,7 +40,7 @@ NAME = "evaluate"
 class EvaluateParams(BaseModel):
     """Parameters of the evaluate check."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     batch_size: int = Field(128, gt=0, description="images per forward pass")
     workers: int = Field(0, ge=0, description="DataLoader worker processes reading images")
@@ -58,6 +59,24 @@ def prepare(model: Model, data: Dataset) -> Dataset:
             f"the model expects {c} input channels but {data.spec} has {data.channels}"
         )
     return data.resized((h, w))
+
+
+def require_inputs(model: Model, data: Dataset) -> None:
+    """What every check needs of a model and its data before any work: samples, and as
+    many channels as the model takes (resizing is done for it; channels are not)."""
+    if len(data) == 0:
+        raise DataError(
+            f"{data.spec}: no samples to audit (empty split or selection); check the data "
+            "spec, --limit and --sample"
+        )
+    if data.channels != model.input_shape[0]:
+        prepare(model, data)  # raises, naming both channel counts
+
+
+def validate(model: Model, data: Dataset, params: EvaluateParams) -> None:
+    """Plan preflight: what ``run`` would refuse, found before any check runs."""
+    require_inputs(model, data)
+    align_classes(model.class_names, data.class_names, params.label_map)
 
 
 @torch.no_grad()
@@ -125,6 +144,7 @@ def run(
     """
     params = params or EvaluateParams()
     start = time.perf_counter()
+    require_inputs(model, data)
     mapping = align_classes(model.class_names, data.class_names, params.label_map)
     preds_model, conf = predict(
         model,
@@ -188,6 +208,10 @@ def run(
                 ),
             )
         )
+
+    findings += accuracy_findings(
+        NAME, model, data, correct, device=params.device, batch_size=params.batch_size
+    )
 
     artifacts: list[str] = []
     if out_dir is not None:

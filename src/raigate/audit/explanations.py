@@ -49,7 +49,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from raigate._io import write_atomic
-from raigate.audit.evaluate import prepare
+from raigate.audit.evaluate import prepare, require_inputs
 from raigate.data.base import Dataset, select
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError
@@ -70,9 +70,10 @@ from raigate.explain.metrics import (
     square_removal,
 )
 from raigate.explain.sanity import cascade
-from raigate.labels import align_classes
+from raigate.labels import data_to_model_index
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
+from raigate.values import Fraction
 
 NAME = "explanations"
 DEFAULT_METHODS = ("integrated-gradients", "saliency", "gradcam", "smoothgrad", "occlusion")
@@ -99,10 +100,10 @@ class ExplainParams(BaseModel):
     n_steps: int = Field(50, gt=0, description="Integrated Gradients quadrature points")
     batch_size: int = Field(128, gt=0, description="images per forward/backward pass")
     smoothgrad_samples: int = Field(16, gt=0, description="noisy copies per image")
-    smoothgrad_stdev: float = Field(0.15, gt=0, description="SmoothGrad noise std (pixels)")
+    smoothgrad_stdev: Fraction = Field(0.15, gt=0, description="SmoothGrad noise std (pixels)")
     occlusion_window: int | None = Field(None, gt=0, description="px; default min(H,W)/8")
     occlusion_stride: int | None = Field(None, gt=0, description="px; default window/2")
-    blur_sigma: float | None = Field(None, gt=0, description="px; default max(H,W)/16")
+    blur_sigma: Fraction | None = Field(None, gt=0, description="px; default max(H,W)/16")
     curve_steps: int = Field(20, gt=0, description="points of the deletion/insertion curves")
     infidelity_perturbations: int = Field(16, gt=0, description="perturbations per image")
     infidelity_square: int | None = Field(
@@ -110,13 +111,13 @@ class ExplainParams(BaseModel):
     )
     sensitivity_samples: int = Field(8, ge=0, description="images for sensitivity_max")
     sensitivity_perturbations: int = Field(8, gt=0, description="perturbations per image")
-    sensitivity_radius: float = Field(0.02, gt=0, description="L-inf radius (pixels)")
+    sensitivity_radius: Fraction = Field(0.02, gt=0, description="L-inf radius (pixels)")
     sanity_samples: int = Field(16, gt=0, description="images for the randomization test")
     sanity_layers: int = Field(5, gt=0, description="randomization checkpoints (depths)")
     sanity_max_spearman: float = Field(
         0.7, ge=-1, le=1, description="fail when the fully randomized maps correlate above this"
     )
-    ig_delta_tolerance: float = Field(
+    ig_delta_tolerance: Fraction = Field(
         0.05, gt=0, description="warn when |delta| > this x |f(x) - f(baseline)|"
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="level of the Wilcoxon tests")
@@ -185,18 +186,6 @@ def explained_samples(data: Dataset, params: ExplainParams) -> Dataset:
     randomization test, max-sensitivity) span the classes instead of the first one."""
     chosen = select(data, sample=params.n_samples, seed=params.seed)
     return chosen.subset(np.random.default_rng(params.seed).permutation(len(chosen)))
-
-
-def _targets_from_labels(
-    model: Model, data: Dataset, label_map: dict[str, str] | None
-) -> np.ndarray:
-    """``inv[data label] = model class index`` (matching by name, see raigate.labels)."""
-    mapping = align_classes(model.class_names, data.class_names, label_map)
-    inv = np.full(len(data.class_names), -1, dtype=np.int64)
-    for model_class, data_class in enumerate(mapping):
-        if data_class >= 0:
-            inv[data_class] = model_class
-    return inv
 
 
 def _group_columns(attributes: pd.DataFrame) -> list[str]:
@@ -420,37 +409,16 @@ def _sanity(
     return records, figure
 
 
-def run(
-    model: Model,
-    data: Dataset,
-    params: ExplainParams | None = None,
-    *,
-    out_dir: str | Path | None = None,
-) -> CheckResult:
-    """Explain ``model`` on ``data`` and test the explanations; see the module docstring.
-
-    With ``out_dir``, writes the PNG figures there and lists them in ``artifacts``;
-    ``result.json`` is the caller's to write (``result.write(out_dir)``).
-    """
-    params = params or ExplainParams()
-    start = time.perf_counter()
-    requested = {name: get_method(name) for name in params.methods}
+def _method_status(
+    model: Model, params: ExplainParams
+) -> tuple[dict[str, Method], list[dict[str, Any]]]:
+    """The requested methods that can run on ``model``, and a status row for every one (a
+    skipped method says why); ConfigError for an unknown method, a bad layer, or none left."""
     config = params.attribution_config()
-    model.to(params.device)
-    data = prepare(model, data)
-    if len(data) == 0:
-        raise ConfigError(f"{data.spec} holds no samples to explain")
-    data = explained_samples(data, params)
-    n = len(data)
-    label_targets = (
-        _targets_from_labels(model, data, params.label_map) if params.target == "label" else None
-    )
-    if label_targets is not None and np.any(label_targets[np.unique(data.labels)] < 0):
-        raise ConfigError("--target label: some data labels match no model class; see --label-map")
-
     status: list[dict[str, Any]] = []
     methods: dict[str, Method] = {}
-    for name, method in requested.items():
+    for name in params.methods:
+        method = get_method(name)
         reason = method.skip_reason(model, config)
         if reason is None:
             methods[name] = method
@@ -465,6 +433,45 @@ def run(
     if not methods:
         notes = "; ".join(r["note"] for r in status)
         raise ConfigError(f"none of the requested methods can run on this model: {notes}")
+    return methods, status
+
+
+def validate(model: Model, data: Dataset, params: ExplainParams) -> None:
+    """Plan preflight: samples, channels, the methods (names, Grad-CAM layer, at least one
+    runnable) and, for ``target = "label"``, the class names, before any check runs."""
+    require_inputs(model, data)
+    _method_status(model, params)
+    if params.target == "label":
+        data_to_model_index(model.class_names, data.class_names, params.label_map)
+
+
+def run(
+    model: Model,
+    data: Dataset,
+    params: ExplainParams | None = None,
+    *,
+    out_dir: str | Path | None = None,
+) -> CheckResult:
+    """Explain ``model`` on ``data`` and test the explanations; see the module docstring.
+
+    With ``out_dir``, writes the PNG figures there and lists them in ``artifacts``;
+    ``result.json`` is the caller's to write (``result.write(out_dir)``).
+    """
+    params = params or ExplainParams()
+    start = time.perf_counter()
+    config = params.attribution_config()
+    model.to(params.device)
+    methods, status = _method_status(model, params)
+    data = prepare(model, data)
+    if len(data) == 0:
+        raise ConfigError(f"{data.spec} holds no samples to explain")
+    data = explained_samples(data, params)
+    n = len(data)
+    label_targets = (
+        data_to_model_index(model.class_names, data.class_names, params.label_map)
+        if params.target == "label"
+        else None
+    )
 
     keep = min(n, max(params.grid_samples, params.sensitivity_samples, params.sanity_samples))
     col = _attribution_pass(model, data, methods, config, params, label_targets, keep)

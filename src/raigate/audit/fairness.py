@@ -57,13 +57,14 @@ from raigate._io import write_atomic
 from raigate.audit import fairness_gates as fg
 from raigate.audit import fairness_stats as fs
 from raigate.audit import fairness_tables as ft
-from raigate.audit.evaluate import predict
+from raigate.audit.evaluate import predict, require_inputs
 from raigate.data.base import Dataset
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError, DataError
 from raigate.labels import align_classes
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
+from raigate.sanity import accuracy_findings
 
 NAME = "fairness"
 FAIRFACE_ATTRIBUTES: tuple[str, ...] = ("race", "gender", "age")
@@ -209,6 +210,14 @@ def resolve_groups(
 
 
 # -- the check ---------------------------------------------------------------------------------
+def validate(model: Model, data: Dataset, params: FairnessParams) -> None:
+    """Plan preflight: samples, channels, the attribute columns and the class names, checked
+    before any check of the plan runs (e.g. fairness on data without attributes)."""
+    require_inputs(model, data)
+    resolve_groups(data, params.sensitive, params.intersections)
+    align_classes(model.class_names, data.class_names, params.label_map)
+
+
 @dataclass(frozen=True)
 class Analysis:
     """Group statistics, the gates' calibrated family, the summary rows and findings."""
@@ -315,6 +324,9 @@ def run(
         tpr_fpr += rate_rows
         confusion += ft.confusion_rows(s, classes)
         disparities += ft.disparity_rows(s, classes, params)
+    findings = a.findings + accuracy_findings(
+        NAME, model, data, pred == y, device=params.device, batch_size=params.batch_size
+    )
 
     n = len(y)
     metrics: dict[str, Any] = {
@@ -397,7 +409,7 @@ def run(
             ),
         },
         metrics=metrics,
-        findings=a.findings,
+        findings=findings,
         seed=params.seed,
         environment=collect_environment(params.device),
         model=ModelRef.of(model),

@@ -32,10 +32,11 @@ from raigate.environment import collect_environment
 from raigate.errors import ConfigError
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
+from raigate.values import Fraction
 
 NAME = "privacy"
 
-__all__ = ["NAME", "PrivacyParams", "run"]
+__all__ = ["NAME", "PrivacyParams", "run", "validate"]
 
 
 class PrivacyParams(BaseModel):
@@ -56,7 +57,7 @@ class PrivacyParams(BaseModel):
         None, description="data spec of non-members (default: the audited data)"
     )
     ledger: str | None = Field(None, description="ledger.json of a DP run: the claimed epsilon")
-    epsilon: float | None = Field(None, gt=0, description="claimed epsilon (without a ledger)")
+    epsilon: Fraction | None = Field(None, gt=0, description="claimed epsilon (without a ledger)")
     delta: float | None = Field(None, gt=0, lt=1, description="delta (default: ledger's or 1e-5)")
     attacks: list[Literal["loss", "art_blackbox"]] = Field(
         default_factory=lambda: ["loss", "art_blackbox"]
@@ -89,6 +90,42 @@ def _claim(params: PrivacyParams) -> tuple[float | None, float, str]:
     return params.epsilon, delta, "--epsilon" if params.epsilon is not None else "none"
 
 
+def _inputs(model: Model, data: Dataset, params: PrivacyParams) -> tuple[Dataset, Dataset]:
+    """(members, non-members), loaded and checked against the model: no Opacus machinery
+    left, both sets load, have samples and the model's channels, and match its classes."""
+    from raigate.audit.evaluate import require_inputs
+    from raigate.data import load_data
+    from raigate.labels import align_classes
+    from raigate.privacy.preflight import check_unwrapped
+
+    problems = check_unwrapped(model.net)
+    if problems:
+        raise ConfigError(
+            f"the model still carries per-sample-gradient machinery ({problems[0].message}); "
+            "audit the saved model spec instead"
+        )
+    task = params.task or data.task
+    members = load_data(
+        params.members,
+        task=task,
+        limit=params.members_limit,
+        sample=params.members_sample,
+        seed=params.seed,
+    )
+    non_members = load_data(params.non_members, task=task) if params.non_members else data
+    for part in (members, non_members):
+        require_inputs(model, part)
+        align_classes(model.class_names, part.class_names, params.label_map)
+    return members, non_members
+
+
+def validate(model: Model, data: Dataset, params: PrivacyParams) -> None:
+    """Plan preflight: the claim (ledger readable, epsilon consistent with it) and both data
+    sets (members spec loads, samples, channels, classes), before any check runs."""
+    _claim(params)
+    _inputs(model, data, params)
+
+
 def run(
     model: Model,
     data: Dataset,
@@ -100,27 +137,11 @@ def run(
     ``params.non_members``); see the module docstring for every number reported."""
     if params is None:
         raise ConfigError("the privacy check needs members: PrivacyParams(members=DATA_SPEC)")
-    from raigate.data import load_data
     from raigate.privacy.mia import art_blackbox_scores, model_outputs, score_attack
-    from raigate.privacy.preflight import check_unwrapped
 
     start = time.perf_counter()
-    problems = check_unwrapped(model.net)
-    if problems:
-        raise ConfigError(
-            f"the model still carries per-sample-gradient machinery ({problems[0].message}); "
-            "audit the saved model spec instead"
-        )
     claimed, delta, source = _claim(params)
-    task = params.task or data.task
-    members = load_data(
-        params.members,
-        task=task,
-        limit=params.members_limit,
-        sample=params.members_sample,
-        seed=params.seed,
-    )
-    non_members = load_data(params.non_members, task=task) if params.non_members else data
+    members, non_members = _inputs(model, data, params)
     if members.manifest.digest == non_members.manifest.digest:
         raise ConfigError(
             f"members {members.spec} and non-members {non_members.spec} are the same data; "
@@ -243,6 +264,7 @@ def run(
             n=len(non_members),
             members_spec=members.spec,
             members_manifest_digest=members.manifest.digest,
+            warnings=[*non_members.warnings, *members.warnings],
         ),
         timing_s=round(time.perf_counter() - start, 3),
     )

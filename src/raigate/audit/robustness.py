@@ -72,7 +72,7 @@ from raigate.attacks import (
     run_art_attack,
     takes_eps,
 )
-from raigate.audit.evaluate import prepare
+from raigate.audit.evaluate import prepare, require_inputs
 from raigate.audit.robustness_findings import (
     eps_text,
     group_gap_records,
@@ -95,10 +95,12 @@ from raigate.data.base import Dataset, select
 from raigate.defenses.smoothing import SmoothedClassifier, predict_from_counts
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError
-from raigate.labels import align_classes
+from raigate.labels import align_classes, data_to_model_index
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
+from raigate.sanity import accuracy_findings
 from raigate.stats import wilson_interval
+from raigate.values import Fraction
 
 NAME = "robustness"
 DEFAULT_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
@@ -106,7 +108,7 @@ DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 Record = dict[str, Any]
 Key = tuple[str, str, str | None, float | None]
 
-__all__ = ["NAME", "RobustnessParams", "run"]
+__all__ = ["NAME", "RobustnessParams", "run", "validate"]
 
 
 class RobustnessParams(BaseModel):
@@ -124,11 +126,11 @@ class RobustnessParams(BaseModel):
         default_factory=dict, description="keyword arguments for art:NAME attacks (JSON)"
     )
     norms: list[Literal["linf", "l2"]] = Field(default_factory=lambda: ["linf"])
-    eps: list[float] = Field(default_factory=lambda: list(DEFAULT_EPS))
+    eps: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_EPS))
     pgd_steps: int = Field(20, ge=1)
     pgd_restarts: int = Field(1, ge=1)
-    pgd_step_size: float | None = Field(None, gt=0, description="default 2.5*eps/steps")
-    smoothing_sigma: float | None = Field(None, gt=0, description="None: no smoothing")
+    pgd_step_size: Fraction | None = Field(None, gt=0, description="default 2.5*eps/steps")
+    smoothing_sigma: Fraction | None = Field(None, gt=0, description="None: no smoothing")
     smoothing_model: str | None = Field(
         None,
         description="smooth this model (e.g. a noise-trained variant from `raigate harden "
@@ -141,7 +143,7 @@ class RobustnessParams(BaseModel):
     certify_n: int = Field(100_000, ge=1)
     certify_n0: int = Field(100, ge=1)
     alpha: float = Field(0.001, gt=0, lt=0.5)
-    certify_radii: list[float] = Field(default_factory=lambda: list(DEFAULT_RADII))
+    certify_radii: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_RADII))
     certify_max_samples: int | None = Field(
         None, ge=1, description="certify a seeded class-stratified subset (default: all samples)"
     )
@@ -508,6 +510,20 @@ def _estimate(p: RobustnessParams, n: int) -> str:
     return text + f"; n={n} samples"
 
 
+def validate(
+    model: Model, data: Dataset, params: RobustnessParams, smoothing_base: Model | None = None
+) -> None:
+    """Plan preflight: samples, channels, class names, ART attack names and the smoothed
+    variant's fit, checked before any check of the plan runs."""
+    require_inputs(model, data)
+    align_classes(model.class_names, data.class_names, params.label_map)
+    for a in params.attacks:
+        if a.startswith("art:"):
+            resolve_art_attack(a)
+    if smoothing_base is not None:
+        _smoothing_base(model, data, params, smoothing_base)
+
+
 def run(
     model: Model,
     data: Dataset,
@@ -531,10 +547,7 @@ def run(
     say = echo or (lambda _msg: None)
     start = time.perf_counter()
     mapping = align_classes(model.class_names, data.class_names, p.label_map)
-    inverse = np.full(len(data.class_names), -1, dtype=np.int64)
-    for i, j in enumerate(mapping):
-        if j >= 0:
-            inverse[j] = i
+    inverse = data_to_model_index(model.class_names, data.class_names, p.label_map)
     for a in p.attacks:
         if a.startswith("art:"):
             resolve_art_attack(a)  # a typo fails now, not after an hour of PGD
@@ -582,6 +595,10 @@ def run(
         rows, large_rows, tolerance=p.masking_tolerance,
         large_eps_max_accuracy=p.large_eps_max_accuracy,
     )  # fmt: skip
+    clean = sweep.correct[("base", "clean", None, 0.0)]
+    findings += accuracy_findings(
+        NAME, model, prepared, clean, device=p.device, batch_size=p.batch_size
+    )
     attacked = [r["accuracy"] for r in rows if r["model"] == "base" and r["attack"] != "clean"]
     metrics: dict[str, Any] = {
         "n": n,
@@ -597,7 +614,7 @@ def run(
     if smoothed is not None:
         metrics["smoothed_vs_base"] = _ratios(rows, p)
         metrics["smoothing_model"] = [
-            {**ModelRef.of(f).model_dump(), "same_as_audited": f is model}
+            {**ModelRef.of(f).model_dump(exclude={"warnings"}), "same_as_audited": f is model}
         ]
         if p.certify:
             base_clean = sweep.correct[("base", "clean", None, 0.0)]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from raigate._io import write_atomic
-from raigate.config import PRIMARY, AuditPlan
+from raigate.config import PRIMARY, AuditPlan, CheckInstance
 from raigate.environment import collect_environment
 from raigate.reports.attest import MODEL_PREFIX
 from raigate.results import AuditReport, CheckResult, dumps
@@ -114,6 +114,8 @@ def run_audit(
     for name in plan.models:
         echo(f"audit: variant {name}: {models[name].display_name} ({models[name].digest[:19]}…)")
 
+    preflight(plan, instances, models, data)  # a bad last table costs no check time
+
     results: dict[str, CheckResult] = {}
     total = len(instances)
     for i, inst in enumerate(instances, 1):
@@ -168,6 +170,28 @@ def run_audit(
     return AuditOutcome(
         report=report, out_dir=out, signed=signed, seconds=time.perf_counter() - start
     )
+
+
+def preflight(
+    plan: AuditPlan, instances: list[CheckInstance], models: dict[str, Any], data: Any
+) -> None:
+    """Run every check table's ``validate`` (``raigate.audit.VALIDATORS``) against its model
+    and the plan's data before any check runs. The first problem is a ConfigError naming the
+    plan file and the table, e.g. ``plan.toml: checks.fairness: ...``."""
+    from raigate.audit import VALIDATORS
+    from raigate.errors import ConfigError, UserError
+
+    where = plan.source or "plan"
+    for inst in instances:
+        validate = VALIDATORS.get(inst.check)
+        if validate is None:
+            continue
+        extra = {kw: models[ref] for kw, ref in inst.model_fields().items()}
+        try:
+            validate(models[inst.model], data, inst.params, **extra)
+        except UserError as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"{where}: checks.{inst.name}: {first}") from None
 
 
 def _write_bundle(

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from raigate.errors import ConfigError
-from raigate.results import dumps
+from raigate.results import Finding, dumps
 
 
 @dataclass
@@ -100,6 +100,8 @@ class Dataset(torch.utils.data.Dataset):
         self._all_attributes = attrs.reset_index(drop=True)
         self._rows = np.arange(n, dtype=np.int64)
         self._manifest: Manifest | None = None
+        # likely selection mistakes (raigate.sanity), recorded by every check's result
+        self.warnings: list[Finding] = []
 
     # -- to implement -------------------------------------------------------------------
     def _read(self, row: int, size: tuple[int, int] | None) -> Tensor:
@@ -215,6 +217,7 @@ class Dataset(torch.utils.data.Dataset):
             "counts": self.counts(),
             "manifest_digest": self.manifest.digest,
             "manifest_files": len(self.manifest.files),
+            "warnings": [w.model_dump() for w in self.warnings],
         }
 
 
@@ -222,13 +225,22 @@ def select(
     data: Dataset, *, limit: int | None = None, sample: int | None = None, seed: int = 0
 ) -> Dataset:
     """Bound the cost of a command: the first ``limit`` samples, or a seeded ``sample``
-    stratified by label (each class keeps its share, rounded by largest remainder)."""
+    stratified by label (each class keeps its share, rounded by largest remainder).
+
+    The first ``limit`` samples of data stored class by class hold few classes; the view
+    then carries a warning that says so and suggests ``sample``
+    (:func:`raigate.sanity.limit_findings`)."""
     if limit is not None and sample is not None:
         raise ConfigError("give --limit or --sample, not both")
     if limit is not None:
         if limit <= 0:
             raise ConfigError(f"--limit must be positive, got {limit}")
-        return data.subset(np.arange(min(limit, len(data))))
+        from raigate.sanity import limit_findings
+
+        view = data.subset(np.arange(min(limit, len(data))))
+        found = limit_findings(data.spec, limit, view.labels, data.labels, data.class_names)
+        view.warnings = [*data.warnings, *found]
+        return view
     if sample is None:
         return data
     if sample <= 0:

@@ -21,7 +21,7 @@ import numpy as np
 from raigate._io import write_atomic
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
-from raigate.labels import align_classes
+from raigate.labels import data_to_model_index
 from raigate.models.base import Model, module_tensors, state_digest
 from raigate.models.loaders import ModelSpecFile, write_model_spec
 from raigate.models.weights import save_safetensors
@@ -61,11 +61,7 @@ def labels_in_model_order(
 ) -> Dataset:
     """``data`` with labels as the model's class indices (matched by name, never by
     index), so training on it trains the model's own output units."""
-    mapping = align_classes(model.class_names, data.class_names, label_map)
-    inverse = np.full(len(data.class_names), -1, dtype=np.int64)
-    for model_idx, data_idx in enumerate(mapping):
-        if data_idx >= 0:
-            inverse[data_idx] = model_idx
+    inverse = data_to_model_index(model.class_names, data.class_names, label_map)
     if np.array_equal(inverse, np.arange(len(data.class_names))):
         return data
     view = copy.copy(data)

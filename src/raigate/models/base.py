@@ -16,6 +16,7 @@ torch.Size([4, 2])
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from raigate.errors import ConfigError
-from raigate.results import RANDOM_INIT_MARK
+from raigate.results import RANDOM_INIT_MARK, Finding
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,10 @@ def _per_channel(
     if value is None:
         return [default] * channels
     if isinstance(value, int | float):
-        return [float(value)] * channels
+        return _per_channel([value], channels, default, name)
     values = [float(v) for v in value]
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--{name} values must be finite numbers, got {values}")
     if len(values) == 1:
         return values * channels
     if len(values) != channels:
@@ -150,9 +153,13 @@ class Model(nn.Module):
         if len(set(names)) != len(names):
             raise ConfigError(f"class names must be unique, got {list(names)}")
         self.net = net
-        self.normalize = Normalize(
-            _per_channel(mean, shape[0], 0.0, "mean"), _per_channel(std, shape[0], 1.0, "std")
-        )
+        from raigate.sanity import normalization_findings
+
+        mean_c = _per_channel(mean, shape[0], 0.0, "mean")
+        std_c = _per_channel(std, shape[0], 1.0, "std")
+        self.normalize = Normalize(mean_c, std_c)
+        # likely input mistakes, issued as warnings now and recorded by every check's result
+        self.warnings: list[Finding] = normalization_findings(spec, mean_c, std_c)
         self.class_names: tuple[str, ...] = names
         self.input_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
         self.spec = spec
@@ -222,6 +229,7 @@ class Model(nn.Module):
             "std": [round(v, 6) for v in self.normalize.std.flatten().tolist()],
             "digest": self.digest,
             "files": self.files,
+            "warnings": [w.model_dump() for w in self.warnings],
         }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from raigate._io import atomic_path
 from raigate.errors import ModelLoadError
 from raigate.models._common import is_torchscript, one_line, zip_names
 
@@ -45,14 +46,15 @@ _SHOW = 8
 
 
 def save_safetensors(net: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Write ``net``'s state dict (on CPU, contiguous) as safetensors, atomically: a hidden
-    temp file in the same folder, then a rename, so a crash never leaves half a file."""
+    """Write ``net``'s state dict (on CPU, contiguous) as safetensors, atomically
+    (:func:`raigate._io.atomic_path`: a unique temp file in the same folder, fsync, rename),
+    so a crash never leaves half a file and two writers never share a temp file."""
     from safetensors.torch import save_file
 
     out = Path(path)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, out)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp))
     return out
 
 

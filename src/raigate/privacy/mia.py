@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
-from raigate.labels import align_classes
+from raigate.labels import data_to_model_index
 from raigate.models.base import Model
 
 AttackName = Literal["loss", "art_blackbox"]
@@ -222,14 +222,10 @@ def model_outputs(
     label_map: dict[str, str] | None = None,
 ) -> ModelOutputs:
     """One pass over ``data``: probabilities, cross-entropy of the true label, and labels
-    mapped to the model's class indices by name (:func:`raigate.labels.align_classes`)."""
+    mapped to the model's class indices by name (:func:`raigate.labels.data_to_model_index`)."""
     from raigate.audit.evaluate import prepare
 
-    mapping = align_classes(model.class_names, data.class_names, label_map)
-    to_model = np.full(len(data.class_names), -1, dtype=np.int64)
-    for model_idx, data_idx in enumerate(mapping):
-        if data_idx >= 0:
-            to_model[data_idx] = model_idx
+    to_model = data_to_model_index(model.class_names, data.class_names, label_map)
     model.to(device)
     n = len(data)
     probs = np.empty((n, model.num_classes), dtype=np.float32)

@@ -101,7 +101,7 @@ __all__ = [
 class DPParams(BaseModel):
     """Every knob of a DP-SGD run (defaults: a small-model recipe; see docs/privacy.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epsilon: float = Field(2.0, description="target epsilon for the whole run")
     delta: float = Field(1e-5, description="target delta; must be below 1/N")
@@ -442,7 +442,7 @@ def _run(
     from opacus.version import __version__ as opacus_version
 
     from raigate.audit.evaluate import prepare
-    from raigate.labels import align_classes
+    from raigate.labels import data_to_model_index
 
     out = Path(out_dir) if out_dir is not None else None
     resume_dir = Path(resume) if resume is not None else None
@@ -478,9 +478,7 @@ def _run(
 
     # 2. Data as tensors, canaries, the budget.
     data = prepare(Model(net, class_names=src.class_names, input_shape=src.input_shape), train_data)
-    mapping = align_classes(src.class_names, data.class_names)
-    to_model = np.full(len(data.class_names), -1, dtype=np.int64)
-    to_model[mapping[mapping >= 0]] = np.flatnonzero(mapping >= 0)
+    to_model = data_to_model_index(src.class_names, data.class_names)
     x_all, y_data = load_tensors(data, progress=progress)
     y_all = torch.as_tensor(to_model[y_data.numpy()], dtype=torch.long)
     plan: CanaryPlan | None = None
