@@ -75,7 +75,7 @@ def test_no_float_parameter_takes_nan_or_infinity(cls: type[BaseModel]) -> None:
 
 
 # -- the command line -------------------------------------------------------------------------
-MODEL = ["--model", "raigate.zoo:small_cnn", "--data", "demo:test", "--limit", "8"]
+MODEL = ["--model", "raigate.zoo:small_cnn", "--random-init", "--data", "demo:test", "--limit", "8"]
 
 
 @pytest.mark.parametrize(

@@ -208,10 +208,12 @@ def _write_bundle(
 
 
 # -- the out folder ----------------------------------------------------------------------------
-def prepare_out_dir(out: Path, checks: Sequence[str] = ()) -> None:
+def prepare_out_dir(out: Path, checks: Sequence[str] = (), *, create: bool = True) -> None:
     """Make ``out`` an empty raigate bundle before anything else is written: a new or empty
     folder, or a bundle from an earlier run whose files are all removed here (so a run that
     fails later never leaves the previous run's PASS ``report.html`` or ``junit.xml``).
+    ``create=False`` empties an existing bundle but makes no folder that is not there yet
+    (the CLI's first call, before the plan is read: a bad plan leaves nothing behind).
 
     A folder is a raigate bundle when it holds ``raigate-bundle.json`` (``MARKER``), written
     here first on every run with the check folders the run may create. Only the known
@@ -226,6 +228,8 @@ def prepare_out_dir(out: Path, checks: Sequence[str] = ()) -> None:
         raise ConfigError(
             f"{out}: --out names a file, not a folder; give a new or empty folder for the bundle"
         )
+    if not create and not out.exists():
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

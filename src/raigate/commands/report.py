@@ -65,7 +65,7 @@ def audit_cmd(
     from raigate.audit.runner import prepare_out_dir, run_audit
     from raigate.config import load_plan
 
-    prepare_out_dir(out)  # before the plan is read: a bad plan leaves no old report behind
+    prepare_out_dir(out, create=False)  # before the plan is read: no old report survives it
     loaded = load_plan(plan)
     if trust_code:
         loaded = loaded.model_copy(update={"trust_code": True})
