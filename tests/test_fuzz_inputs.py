@@ -5,6 +5,7 @@ Every case must end in exit 0, 1 or 2 with at most one ``raigate: error:`` line:
 (an internal error), never a traceback, and never a half-written out folder (a failed run
 leaves no report, a finished one a complete bundle). Hypothesis draws the mutations,
 derandomized so CI sees the same cases every run; each test prints how many it tried.
+``RAIGATE_FUZZ_SCALE=20`` multiplies the number of cases for a deep local run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,8 +33,9 @@ from raigate.models.loaders import write_model_spec
 from raigate.models.weights import save_safetensors
 from raigate.zoo import small_cnn
 
+SCALE = int(os.environ.get("RAIGATE_FUZZ_SCALE", "1"))  # e.g. 20 for a deep local run
 FUZZ = settings(
-    max_examples=30,
+    max_examples=60 * SCALE,
     deadline=None,
     derandomize=True,
     database=None,
@@ -208,6 +211,13 @@ def plan_doc(ws: Path) -> dict[str, Any]:
                 "sensitive": ["race"],
                 "intersections": [],
             },
+            "robustness": {
+                "attacks": ["fgsm"],
+                "eps": ["8/255"],
+                "max_samples": 4,
+                "large_eps_check": False,
+                "min_robust_accuracy": ["fgsm:linf:8/255=0.1"],
+            },
         },
     }
 
@@ -266,7 +276,7 @@ def test_the_unmutated_inputs_pass(workspace: Path) -> None:
     assert invoke("models", "inspect", str(workspace / "model.json"))[0] == 0
 
 
-@FUZZ
+@settings(FUZZ, max_examples=150 * SCALE)
 @given(data=st.data())
 def test_mutated_plans(workspace: Path, tally: Callable[[Any], None], data: st.DataObject) -> None:
     base = plan_doc(workspace)
@@ -345,7 +355,7 @@ def test_mutated_model_specs(
     assert not marker.exists()
 
 
-@settings(FUZZ, max_examples=15)
+@settings(FUZZ, max_examples=20 * SCALE)
 @given(cut=st.floats(0.0, 0.95), which=st.integers(0, 5))
 def test_truncated_images(
     workspace: Path, tally: Callable[[Any], None], cut: float, which: int

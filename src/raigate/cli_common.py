@@ -235,7 +235,10 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", help="use only the firs
 SampleOpt = Annotated[
     int | None, typer.Option("--sample", help="use a seeded random N samples, stratified by label")
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="seed for --sample and every random step")]
+SeedOpt = Annotated[
+    int,
+    typer.Option("--seed", min=0, help="seed for --sample and every random step (0 or more)"),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N]")]
 ModelOpt = Annotated[

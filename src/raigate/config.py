@@ -58,7 +58,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from raigate.errors import ConfigError
-from raigate.values import Fraction
+from raigate.values import Fraction, Seed
 
 
 class ModelSection(BaseModel):
@@ -127,7 +127,7 @@ class AuditPlan(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = 0
+    seed: Seed = 0
     fail_on: Literal["warn", "fail"] = "fail"
     trust_code: bool = Field(
         False,

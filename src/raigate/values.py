@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
 
 def parse_fraction(value: str | float | int) -> float:
@@ -51,3 +51,7 @@ def _fraction_input(value: Any) -> Any:
 
 Fraction = Annotated[float, BeforeValidator(_fraction_input)]
 """A float field that also takes ``"8/255"``, and never NaN or infinity."""
+
+
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1, description="seed of every random step")]
+"""A seed numpy's ``SeedSequence`` and torch accept: a non-negative integer below 2**63."""

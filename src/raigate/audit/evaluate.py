@@ -33,6 +33,7 @@ from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.sanity import accuracy_findings
 from raigate.stats import wilson_interval
+from raigate.values import Seed
 
 NAME = "evaluate"
 
@@ -47,7 +48,7 @@ class EvaluateParams(BaseModel):
     min_accuracy: float | None = Field(None, ge=0, le=1, description="gate: fail below this")
     label_map: dict[str, str] | None = Field(None, description="model class -> data label")
     device: str = "cpu"
-    seed: int = 0
+    seed: Seed = 0
     progress: bool = True
 
 

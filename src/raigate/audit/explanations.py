@@ -73,7 +73,7 @@ from raigate.explain.sanity import cascade
 from raigate.labels import data_to_model_index
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
-from raigate.values import Fraction
+from raigate.values import Fraction, Seed
 
 NAME = "explanations"
 DEFAULT_METHODS = ("integrated-gradients", "saliency", "gradcam", "smoothgrad", "occlusion")
@@ -123,7 +123,7 @@ class ExplainParams(BaseModel):
     alpha: float = Field(0.05, gt=0, lt=1, description="level of the Wilcoxon tests")
     grid_samples: int = Field(8, ge=0, description="images in explanations_grid.png")
     device: str = "cpu"
-    seed: int = 0
+    seed: Seed = 0
     progress: bool = True
 
     @field_validator("methods")

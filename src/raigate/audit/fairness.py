@@ -65,6 +65,7 @@ from raigate.labels import align_classes
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.sanity import accuracy_findings
+from raigate.values import Seed
 
 NAME = "fairness"
 FAIRFACE_ATTRIBUTES: tuple[str, ...] = ("race", "gender", "age")
@@ -120,7 +121,7 @@ class FairnessParams(BaseModel):
     batch_size: int = Field(128, gt=0)
     workers: int = Field(0, ge=0)
     device: str = "cpu"
-    seed: int = 0
+    seed: Seed = 0
     plots: bool = True
     progress: bool = True
 

@@ -32,7 +32,7 @@ from raigate.environment import collect_environment
 from raigate.errors import ConfigError
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
-from raigate.values import Fraction
+from raigate.values import Fraction, Seed
 
 NAME = "privacy"
 
@@ -69,7 +69,7 @@ class PrivacyParams(BaseModel):
     label_map: dict[str, str] | None = None
     batch_size: int = Field(256, gt=0)
     device: str = "cpu"
-    seed: int = 0
+    seed: Seed = 0
     progress: bool = True
 
 

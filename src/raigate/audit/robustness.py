@@ -100,7 +100,7 @@ from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.sanity import accuracy_findings
 from raigate.stats import wilson_interval
-from raigate.values import Fraction
+from raigate.values import Fraction, Seed
 
 NAME = "robustness"
 DEFAULT_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
@@ -174,7 +174,7 @@ class RobustnessParams(BaseModel):
     smoothing_batch_size: int = Field(1000, gt=0, description="noisy images per forward pass")
     workers: int = Field(0, ge=0)
     device: str = "cpu"
-    seed: int = 0
+    seed: Seed = 0
     progress: bool = True
 
     @field_validator("attacks")

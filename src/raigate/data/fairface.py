@@ -21,7 +21,12 @@ import numpy as np
 import pandas as pd
 
 from raigate.data.base import Dataset
-from raigate.data.files import ImageFileDataset, parse_root_split, read_label_csv
+from raigate.data.files import (
+    ImageFileDataset,
+    check_file_names,
+    parse_root_split,
+    read_label_csv,
+)
 from raigate.errors import ConfigError, DataError
 
 # Class order is this order: it is FairFace's own order in its paper and code.
@@ -144,6 +149,7 @@ def load_fairface(spec: str, target: str, task: str | None) -> Dataset:
             f"{csv}: line {int(empty[0]) + 2}, column 'file' is empty; every row names an "
             f"image such as {split}/1.jpg"
         )
+    check_file_names(csv, "file", list(frame["file"]))
     _check_vocabulary(csv, frame)
     name, labels, classes = task_labels(frame, task, csv.as_posix())
     attrs = categorical_attributes(

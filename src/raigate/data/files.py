@@ -52,6 +52,18 @@ def read_image(path: str | os.PathLike[str], size: tuple[int, int] | None = None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
+def check_file_names(label_file: Path, column: str, names: Sequence[str]) -> None:
+    """A label file's image names must be ones a file system can hold: a NUL character
+    (a corrupted or binary file) is refused here, naming the line, instead of failing deep
+    inside ``open``."""
+    for row, name in enumerate(names):
+        if "\x00" in str(name):
+            raise DataError(
+                f"{label_file}: line {row + 2}, column {column!r} holds a NUL character, not a "
+                "file name; the label file is corrupted: restore it from the original"
+            )
+
+
 def file_entry(root: Path, rel: str) -> dict[str, Any]:
     """Manifest entry ``{"path", "sha256", "bytes"}`` for ``root / rel``; ``path`` stays
     relative (posix) so the same data in another folder gives the same manifest digest."""
@@ -59,9 +71,10 @@ def file_entry(root: Path, rel: str) -> dict[str, Any]:
     try:
         digest = sha256_file(full)
         size = full.stat().st_size
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a name no file system holds
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise DataError(
-            f"{full}: cannot read file for the data manifest ({exc.strerror or exc}); "
+            f"{full!s:.200}: cannot read file for the data manifest ({reason}); "
             "restore the file or drop it from the dataset"
         ) from exc
     return {"path": Path(rel).as_posix(), "sha256": digest, "bytes": int(size)}
@@ -244,6 +257,7 @@ def load_csv(spec: str, target: str, task: str | None) -> Dataset:
     index = {name: k for k, name in enumerate(classes)}
     labels = np.asarray([index[v] for v in label_text], dtype=np.int64)
     paths = [p.strip() for p in frame["path"]]
+    check_file_names(csv_path, "path", paths)
     attrs = frame.reset_index(drop=True).copy()
     attrs["path"] = paths
     if column == "label":

@@ -84,6 +84,7 @@ from raigate.privacy.sampling import (
     load_tensors,
     shard,
 )
+from raigate.values import Seed
 
 CHECKPOINT_NAME = "checkpoint.pt"
 WEIGHTS_NAME = "model.safetensors"
@@ -124,7 +125,7 @@ class DPParams(BaseModel):
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints")
     baseline: bool = Field(False, description="also train without DP on the same steps")
     baseline_lr: float | None = Field(None, gt=0, description="lr of the baseline (default lr)")
-    seed: int = 0
+    seed: Seed = 0
     device: str = "cpu"
     progress: bool = True
     stop_after_steps: int | None = Field(
