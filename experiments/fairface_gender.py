@@ -184,23 +184,33 @@ def summary_markdown(
         "",
         "## Gates",
         "",
-        "| attribute | measure | value | 95% CI | threshold | groups (low / high) | result |",
-        "|---|---|---|---|---|---|---|",
+        f"One family of {m['gate_contrasts']} between-group contrasts; simultaneous 95% "
+        f"intervals by bootstrap max-T (critical value {m['gate_critical_value']:.2f}); `p` is "
+        "the gate's adjusted p-value (fail exactly when p <= 0.05); `detectable` is the gap "
+        "(ratio) that would fail with 80% power.",
+        "",
+        "| attribute | measure | value | simultaneous 95% CI | p | detectable | threshold "
+        "| groups (low / high) | result |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in m["summary"]:
         if r.get("note"):
             continue
         pair = f"{_md(r.get('group_low', '-'))} / {_md(r.get('group_high', '-'))}"
         if r.get("class"):
-            pair += f" (class {r['class']}{', ' + r['rate'].upper() if r.get('rate') else ''})"
+            rate = r.get("rate") if r.get("rate") in ("tpr", "fpr") else None
+            pair += f" (class {r['class']}{', ' + rate.upper() if rate else ''})"
+        p = r.get("p_value")
+        p_text = "-" if p is None else (f"<{1 / m['n_boot']:.2g}" if p == 0 else f"{p:.2g}")
         lines.append(
             f"| {r['attribute']} | {r['measure']} | {_v(r['value'])} | {_ci(r['ci'])} | "
+            f"{p_text} | {_v(r.get('detectable_gap_80'))} | "
             f"{'-' if r['threshold'] is None else r['threshold']} | {pair} | "
             f"{r['severity'] or '-'} |"
         )
     lines += [
         "",
-        f"{m['n_comparisons']} pairwise accuracy comparisons; "
+        f"{m['n_comparisons']} pairwise accuracy comparisons (descriptive z-tests); "
         f"{m['comparisons_significant_holm']} significant after Holm's correction at 0.05. "
         f"{m['groups_insufficient']} of {m['groups']} groups have fewer than "
         f"{result.params['min_group_size']} samples ({m['groups_empty']} empty).",
