@@ -8,6 +8,7 @@ points; tests that need it skip, with the reason, where it is absent.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,16 @@ def shared_data_dir() -> Path:
         where = os.environ.get("RAIGATE_SHARED_DATA") or str(REPO_ROOT.parent / "shared/data")
         pytest.skip(f"real test data not found at {where} (set RAIGATE_SHARED_DATA)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models and small batches run fastest on one intra-op thread, and two threads on
+    a shared 2-core machine spin against each other; a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

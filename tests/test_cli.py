@@ -12,26 +12,9 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
+from cli_helpers import assert_user_error, invoke
 from raigate import __version__
-from raigate.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    res = runner.invoke(app, list(args), catch_exceptions=False)
-    return res.exit_code, res.output
-
-
-def assert_user_error(code: int, out: str, *needles: str) -> None:
-    assert code == 2, out
-    assert "Traceback" not in out
-    lines = [ln for ln in out.splitlines() if ln.startswith("raigate: error:")]
-    assert len(lines) == 1, out
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_version_and_help() -> None:

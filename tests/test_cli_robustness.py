@@ -7,36 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from statsmodels.stats.proportion import proportion_confint
-from typer.testing import CliRunner
 
-from raigate.cli import app
+from cli_helpers import assert_user_error, invoke
 
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches: one intra-op thread avoids oversubscription on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    res = runner.invoke(app, list(args), catch_exceptions=False)
-    return res.exit_code, res.output
-
-
-def assert_user_error(code: int, out: str, *needles: str) -> None:
-    assert code == 2, out
-    assert "Traceback" not in out
-    lines = [ln for ln in out.splitlines() if ln.startswith("raigate: error:")]
-    assert len(lines) == 1, out
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -10,26 +10,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from raigate.cli import app
+from cli_helpers import assert_user_error, invoke
 
-runner = CliRunner()
 DATA = ["--data", "demo:test", "--limit", "16"]
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    res = runner.invoke(app, list(args), catch_exceptions=False)
-    return res.exit_code, res.output
-
-
-def assert_user_error(code: int, out: str, *needles: str) -> None:
-    assert code == 2, out
-    assert "Traceback" not in out
-    lines = [ln for ln in out.splitlines() if ln.startswith("raigate: error:")]
-    assert len(lines) == 1, out
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture

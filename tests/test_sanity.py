@@ -41,12 +41,7 @@ def warning_lines(output: str) -> list[str]:
     return [ln for ln in output.splitlines() if ln.startswith("raigate: warning: ")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -- 0-255 normalization ------------------------------------------------------------------------

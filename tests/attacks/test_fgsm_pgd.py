@@ -12,14 +12,7 @@ from raigate import ConfigError, wrap
 from raigate.attacks import fgsm, perturbation_norm, pgd, pgd_search, to_art_classifier
 from raigate.zoo import small_cnn
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches: one intra-op thread avoids oversubscription on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 SHAPE = (3, 8, 8)

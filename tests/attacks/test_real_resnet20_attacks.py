@@ -15,13 +15,7 @@ from raigate.attacks import fgsm, pgd, to_art_classifier
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches: one intra-op thread avoids oversubscription on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_fgsm_equals_art_and_pgd_dominates_on_resnet20(shared_data_dir: Path) -> None:

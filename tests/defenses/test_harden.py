@@ -14,14 +14,7 @@ from raigate import ConfigError
 from raigate.audit import evaluate
 from raigate.defenses import SmoothedClassifier, harden_smoothing
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches: one intra-op thread avoids oversubscription on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_harden_with_classes_in_another_order(tmp_path: Path) -> None:
