@@ -35,6 +35,7 @@ SCENARIOS: list[tuple[str, list[float], int]] = [
     ("fair: 14 groups at 0.85, n=40", [0.85] * 14, 40),
     ("fair: 14 groups at 0.85, n=80", [0.85] * 14, 80),
     ("fair: 14 groups at 0.85, n=3000", [0.85] * 14, 3000),
+    ("fair: 14 groups at 0.85, n=6000", [0.85] * 14, 6000),
     ("at the threshold: 7 groups at 0.85, 7 at 0.80, n=40", [0.85, 0.80] * 7, 40),
     ("at the threshold: 7 groups at 0.85, 7 at 0.80, n=200", [0.85, 0.80] * 7, 200),
     ("one group 0.40 worse (0.45), n=80", [0.85] * 5 + [0.45] + [0.85] * 8, 80),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,3 +45,39 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained() -> Any:
+    """``small_cnn`` trained for a few seconds on the synthetic demo data (gender task): a
+    model far from chance, for tests that need one that works."""
+    import torch
+
+    import raigate
+    from raigate.models.base import Normalize
+    from raigate.training import fit
+    from raigate.zoo import small_cnn
+
+    train = raigate.load_data("demo:train", limit=600)
+    torch.manual_seed(0)
+    net = small_cnn(num_classes=2)
+    fit(net, train, normalize=Normalize([0.5] * 3, [0.5] * 3), epochs=3, lr=3e-3, progress=False)
+    return raigate.wrap(
+        net.eval(), class_names=train.class_names, input_shape=(3, 32, 32), mean=0.5, std=0.5
+    )
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh working directory (and a private ``sys.path``); modules imported from it are
+    forgotten afterwards, so one test's ``trustmod`` never leaks into the next."""
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        origin = getattr(sys.modules.get(name), "__file__", None) or ""
+        if origin.startswith(str(tmp_path)):
+            sys.modules.pop(name, None)

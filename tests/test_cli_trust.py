@@ -5,7 +5,6 @@ when class names taken from the data do not fit the model."""
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
 
@@ -14,17 +13,6 @@ import pytest
 from cli_helpers import assert_user_error, invoke
 
 DATA = ["--data", "demo:test", "--limit", "16"]
-
-
-@pytest.fixture
-def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    before = set(sys.modules)
-    yield tmp_path
-    for name in set(sys.modules) - before:
-        if name.startswith("clitrust_"):
-            sys.modules.pop(name, None)
 
 
 def user_module(folder: Path, marker: Path) -> str:

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 import raigate
 from raigate.audit import evaluate, fairness, robustness
 from raigate.cli import app
-from raigate.models.base import Normalize
 from raigate.models.weights import save_safetensors
 from raigate.results import CheckResult
 from raigate.sanity import (
@@ -29,7 +28,6 @@ from raigate.sanity import (
     chance_findings,
     input_scale_findings,
 )
-from raigate.training import fit
 from raigate.zoo import small_cnn
 
 runner = CliRunner()
@@ -125,17 +123,6 @@ def demo_test() -> raigate.Dataset:
 def untrained() -> raigate.Model:
     torch.manual_seed(0)
     return raigate.wrap(small_cnn(2), class_names=["Male", "Female"], input_shape=(3, 32, 32))
-
-
-@pytest.fixture(scope="module")
-def trained() -> raigate.Model:
-    train = raigate.load_data("demo:train", limit=600)
-    torch.manual_seed(0)
-    net = small_cnn(num_classes=2)
-    fit(net, train, normalize=Normalize([0.5] * 3, [0.5] * 3), epochs=3, lr=3e-3, progress=False)
-    return raigate.wrap(
-        net.eval(), class_names=train.class_names, input_shape=(3, 32, 32), mean=0.5, std=0.5
-    )
 
 
 def _run(check: str, model: raigate.Model, data: raigate.Dataset) -> CheckResult:

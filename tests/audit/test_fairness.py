@@ -258,7 +258,7 @@ def test_gate_rule_fail_warn_pass() -> None:
     def block(d: float) -> fg.Block:
         z = np.zeros(1)
         b = fg.Block(0, "accuracy_difference", None, "accuracy", z, z, np.array([d]),
-                     np.array([0.01]), np.zeros((1, 1)), 0.05)  # fmt: skip
+                     np.array([0.01]), np.zeros((1, 1)), np.array([100]), 0.05)  # fmt: skip
         b.t = (np.abs(b.est) - b.margin) / b.se
         b.p = fs.maxt_pvalues(np.full(100, 2.0), b.t)  # every replicate maximum is 2
         return b

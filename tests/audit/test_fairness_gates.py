@@ -141,7 +141,7 @@ def test_a_single_contrast_reduces_to_a_normal_interval() -> None:
     assert a.family.critical == pytest.approx(norm.ppf(0.975), abs=0.08)
 
 
-def test_pass_unreachable_is_said_for_small_groups() -> None:
+def test_groups_too_small_to_pass_are_said_with_the_samples_needed() -> None:
     rng = np.random.default_rng(6)
     y, pred, attrs = draw_audit(np.full(14, 0.85), 40, rng)
     params = fairness.FairnessParams(progress=False, plots=False)
@@ -151,17 +151,21 @@ def test_pass_unreachable_is_said_for_small_groups() -> None:
         for r in a.summary
         if r["attribute"] == "race+gender" and r["measure"] == "accuracy_difference"
     ]
-    assert rg["pass_reachable"] is False and rg["severity"] == "warn"
+    assert rg["equal_groups_pass"] is False and rg["severity"] == "warn"
     # the detectable gap is threshold + (c + z_0.8) * se_max, se_max over the 91 pairs
     (blk,) = [
         b
         for b in a.family.blocks
         if b.measure == "accuracy_difference" and a.stats[b.spec].spec.name == "race+gender"
     ]
-    want = 0.05 + (a.family.critical + norm.ppf(0.8)) * blk.se.max()
-    assert rg["detectable_gap_80"] == pytest.approx(want)
+    c, se = a.family.critical, blk.se.max()
+    assert rg["detectable_gap_80"] == pytest.approx(0.05 + (c + norm.ppf(0.8)) * se)
+    # equal groups pass once c * se <= 0.025; se ~ 1/sqrt(n), from 40 per group
+    assert rg["samples_to_pass"] == int(np.ceil(40 * (2 * c * se / 0.05) ** 2))
+    assert rg["samples_to_pass"] > 2000
     (f,) = [f for f in a.findings if f.id == "fairness.accuracy_difference[race+gender]"]
-    assert "no audit of groups this small could pass" in f.message and "80% power" in f.message
+    assert f"about {rg['samples_to_pass']:,} samples per group (here 40)" in f.message
+    assert "80% power" in f.message
 
 
 def test_maxt_helpers_hand_worked() -> None:
@@ -180,9 +184,9 @@ def test_ratio_contrast_uses_smoothed_logs() -> None:
     values = np.array([0.5, 0.0])
     n = np.array([40, 40])
     reps = np.array([[0.5, 0.0]])
-    i, j, est, se, boot = fg._log_ratio(values, reps, n, np.array([True, True]))
+    i, j, est, se, boot, smaller = fg._log_ratio(values, reps, n, np.array([True, True]))
     p = np.array([20.5 / 41, 0.5 / 41])
-    assert (i.tolist(), j.tolist()) == ([0], [1])
+    assert (i.tolist(), j.tolist(), smaller.tolist()) == ([0], [1], [40])
     assert est[0] == pytest.approx(np.log(p[0]) - np.log(p[1]))
     assert boot[0, 0] == pytest.approx(est[0])  # the replicate equals the sample here
     assert se[0] == pytest.approx(np.sqrt(((1 - p) / (40 * p)).sum()))

@@ -26,23 +26,8 @@ from raigate.audit.robustness_gates import (
     decide,
     detectable_shortfall,
 )
-from raigate.models.base import Normalize
-from raigate.training import fit
-from raigate.zoo import small_cnn
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def trained() -> raigate.Model:
-    """small_cnn trained for a few seconds on the synthetic demo data (gender task)."""
-    train = raigate.load_data("demo:train", limit=600)
-    torch.manual_seed(0)
-    net = small_cnn(num_classes=2)
-    fit(net, train, normalize=Normalize([0.5] * 3, [0.5] * 3), epochs=3, lr=3e-3, progress=False)
-    return raigate.wrap(
-        net.eval(), class_names=train.class_names, input_shape=(3, 32, 32), mean=0.5, std=0.5
-    )
 
 
 @pytest.fixture(scope="module")

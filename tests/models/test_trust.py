@@ -24,18 +24,6 @@ from raigate.zoo import small_cnn
 NAMES = ("cat", "dog", "eel")
 
 
-@pytest.fixture
-def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh working directory; modules imported from it are forgotten afterwards."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    before = set(sys.modules)
-    yield tmp_path
-    for name in set(sys.modules) - before:
-        if name.startswith(("trustmod_", "raigate_evil")):
-            sys.modules.pop(name, None)
-
-
 def marker_module(folder: Path, marker: Path) -> str:
     """A module whose mere import writes ``marker`` (and which builds a real network)."""
     name = f"trustmod_{uuid.uuid4().hex[:8]}"

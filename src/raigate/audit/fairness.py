@@ -405,8 +405,10 @@ def run(
             ),
             "power": (
                 f"detectable_gap_80: the gap that fails with {fg.POWER:.0%} probability for the "
-                "least precise contrast of a gate; pass_reachable: whether the widest "
-                "simultaneous interval is narrower than the threshold at this n"
+                "least precise contrast of a gate; equal_groups_pass: whether groups with equal "
+                "true rates would pass in about 1 - alpha of audits at this n (the widest "
+                "simultaneous half-width is at most half the threshold); samples_to_pass: the "
+                "group size at which they would"
             ),
         },
         metrics=metrics,

@@ -65,6 +65,7 @@ class Block:
     est: np.ndarray  # [P]
     se: np.ndarray  # [P]
     boot: np.ndarray  # [B, P]
+    n: np.ndarray  # [P] the smaller of the pair's denominators (group size, positives, ...)
     margin: float  # the threshold on the test scale
     t: np.ndarray = field(default_factory=lambda: np.empty(0))  # (|est| - margin) / se
     p: np.ndarray = field(default_factory=lambda: np.empty(0))  # adjusted p-values
@@ -90,17 +91,20 @@ def _pairs(ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return idx[a], idx[b]
 
 
+Parts = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""(i, j, estimate, se, replicates, smaller denominator) of a block's contrasts."""
+
+
 def _difference(
     values: np.ndarray, reps: np.ndarray, succ: np.ndarray, den: np.ndarray, ok: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> Parts:
     i, j = _pairs(ok & np.isfinite(values))
     var = fs.agresti_caffo_var(succ, den)
-    return i, j, values[i] - values[j], np.sqrt(var[i] + var[j]), reps[:, i] - reps[:, j]
+    se = np.sqrt(var[i] + var[j])
+    return i, j, values[i] - values[j], se, reps[:, i] - reps[:, j], np.minimum(den[i], den[j])
 
 
-def _log_ratio(
-    values: np.ndarray, reps: np.ndarray, n: np.ndarray, ok: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _log_ratio(values: np.ndarray, reps: np.ndarray, n: np.ndarray, ok: np.ndarray) -> Parts:
     # Half a count added to each rate (Haldane-Anscombe) keeps log(0) out of the test;
     # var(log p) ~ (1 - p) / (n p) by the delta method.
     i, j = _pairs(ok & np.isfinite(values))
@@ -112,7 +116,8 @@ def _log_ratio(
     lp, lb = smooth(values), smooth(reps)
     p = np.exp(lp)
     var = (1 - p) / (np.maximum(n, 1) * p)
-    return i, j, lp[i] - lp[j], np.sqrt(var[i] + var[j]), lb[:, i] - lb[:, j]
+    se = np.sqrt(var[i] + var[j])
+    return i, j, lp[i] - lp[j], se, lb[:, i] - lb[:, j], np.minimum(n[i], n[j])
 
 
 def build_family(stats: Sequence[SpecStats], n_classes: int, params: FairnessParams) -> Family:
@@ -120,10 +125,10 @@ def build_family(stats: Sequence[SpecStats], n_classes: int, params: FairnessPar
     th, m = params.thresholds, params.min_group_size
     blocks: list[Block] = []
 
-    def add(si: int, measure: str, cls: int | None, rate: str, margin: float, parts: Any) -> None:
-        i, j, est, se, boot = parts
+    def add(si: int, measure: str, cls: int | None, rate: str, margin: float, parts: Parts) -> None:
+        i, j, est, se, boot, n = parts
         if est.size:
-            blocks.append(Block(si, measure, cls, rate, i, j, est, se, boot, margin))
+            blocks.append(Block(si, measure, cls, rate, i, j, est, se, boot, n, margin))
 
     for si, s in enumerate(stats):
         pt, bt, n = s.point, s.boot, s.point["n"]
@@ -206,14 +211,24 @@ class Gate:
     largest: Contrast  # the largest observed gap
     contrasts: int
     detectable: float  # the gap (ratio) that fails with POWER for the least precise contrast
-    widest_half_width: float  # c * se_max on the test scale: a pass needs it below the margin
+    widest_half_width: float  # c * se_max on the test scale
+    widest_n: int  # the smaller denominator of that least precise contrast
     margin: float
     n_boot: int
 
     @property
-    def pass_reachable(self) -> bool:
-        """Whether equal groups could pass at this n: the widest interval fits the margin."""
-        return self.widest_half_width < self.margin
+    def equal_groups_pass(self) -> bool:
+        """Whether groups with equal true rates would pass in about 1 - alpha of audits at
+        this n: a pass needs |d| + c·se <= margin for every contrast, and with equal groups
+        max |d| / se is itself about c, so the widest half-width c·se_max must be at most
+        half the margin."""
+        return 2 * self.widest_half_width <= self.margin
+
+    def samples_to_pass(self) -> int:
+        """Samples per group (in the smaller group of the least precise contrast) at which
+        equal groups would pass: se shrinks as 1/sqrt(n)."""
+        factor = (2 * self.widest_half_width / self.margin) ** 2
+        return int(np.ceil(self.widest_n * max(factor, 1.0)))
 
 
 def decide(blocks: Sequence[Block], crit: float, alpha: float, n_boot: int = 0) -> Gate:
@@ -223,6 +238,7 @@ def decide(blocks: Sequence[Block], crit: float, alpha: float, n_boot: int = 0) 
     p = np.array([c.block.p[c.k] for c in cands])
     est = np.array([abs(c.block.est[c.k]) for c in cands])
     se = np.array([c.block.se[c.k] for c in cands])
+    widest = int(np.argmax(se))
     margin = blocks[0].margin
     upper = est + crit * se
     p_gate = float(p.min())
@@ -238,7 +254,8 @@ def decide(blocks: Sequence[Block], crit: float, alpha: float, n_boot: int = 0) 
         largest=cands[int(np.argmax(est))],
         contrasts=len(cands),
         detectable=margin + (crit + float(norm.ppf(POWER))) * float(se.max()),
-        widest_half_width=crit * float(se.max()),
+        widest_half_width=crit * float(se[widest]),
+        widest_n=int(cands[widest].block.n[cands[widest].k]),
         margin=margin,
         n_boot=n_boot,
     )
@@ -366,7 +383,8 @@ def gate_rows(
                 "family_size": family.size,
                 "critical_value": family.critical,
                 "detectable_gap_80": detectable,
-                "pass_reachable": gate.pass_reachable,
+                "equal_groups_pass": gate.equal_groups_pass,
+                "samples_to_pass": None if gate.equal_groups_pass else gate.samples_to_pass(),
             }
         )
         rows.append(row)
@@ -429,10 +447,11 @@ def _message(
             f"no {noun} is shown beyond the threshold {threshold:g} ({p_text}), nor every one "
             f"within it: {pair}, {ci} straddles it; {power}"
         )
-        if not gate.pass_reachable:
+        if not gate.equal_groups_pass:
             reach = f"reaches down to {half:.3f}" if ratio else f"is ±{half:.3f}"
             text += (
-                f"; no audit of groups this small could pass: even for equal groups the widest "
-                f"simultaneous interval {reach}; collect more samples per group"
+                f"; the widest simultaneous interval {reach}, so even groups with equal rates "
+                f"would pass only with about {gate.samples_to_pass():,} samples per group "
+                f"(here {gate.widest_n:,}): collect more data to certify this threshold"
             )
     return f"{head}{text} ({method})"
