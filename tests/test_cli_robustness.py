@@ -181,7 +181,7 @@ def test_smoothing_model_must_match_classes(hardened: Path, tmp_path: Path) -> N
             ["attack pgd is not run (attacks: fgsm)"],
         ),
         (["--min-robust-accuracy", "pgd:linf:8/255=1.5"], ["min: Input should be less than"]),
-        (["--min-robust-accuracy", "pgd:linf:8/0=0.5"], ["expected a number like 0.25 or 8/255"]),
+        (["--min-robust-accuracy", "pgd:linf:8/0=0.5"], ["eps: '8/0' divides by zero"]),
         (
             ["--min-robust-accuracy", "smoothed:pgd:linf:8/255=0.5"],
             ["no smoothed model without smoothing_sigma"],

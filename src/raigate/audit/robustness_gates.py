@@ -46,10 +46,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy.stats import beta as beta_dist
 
 from raigate.results import Finding
+from raigate.stats import clopper_pearson
+from raigate.values import Fraction
 
 NOT_GATED = "attack soundness checked; robustness not gated"
 """The verdict scope of a robustness check with no robustness gate."""
@@ -66,37 +68,11 @@ __all__ = [
     "RobustAccuracyRule",
     "check_certified_rules",
     "check_robust_rules",
-    "clopper_pearson_bounds",
     "decide",
     "detectable_shortfall",
     "gate_findings",
     "match_eps",
-    "parse_number",
 ]
-
-
-def parse_number(value: Any) -> float:
-    """A number from a float, an int or a string such as ``"8/255"`` or ``"0.4"``: the forms
-    the command line takes, accepted in plans too. ValueError names what was wrong."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    if isinstance(value, int | float):
-        out = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            if "/" in text:
-                num, den = text.split("/", 1)
-                out = float(num) / float(den)
-            else:
-                out = float(text)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"expected a number like 0.25 or 8/255, got {value!r}") from None
-    else:
-        raise ValueError(f"expected a number like 0.25 or 8/255, got {value!r}")
-    if not math.isfinite(out):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return out
 
 
 def _text(x: float) -> str:
@@ -121,16 +97,11 @@ class RobustAccuracyRule(BaseModel):
 
     attack: str = Field(description="fgsm, pgd or art:NAME (one of the run's attacks)")
     norm: Literal["linf", "l2"]
-    eps: float = Field(ge=0, description="a budget of the run's eps list; 8/255 strings allowed")
-    min: float = Field(ge=0, le=1, description="minimum accuracy under the attack")
+    eps: Fraction = Field(ge=0, description="a budget of the run's eps list; 8/255 strings allowed")
+    min: Fraction = Field(ge=0, le=1, description="minimum accuracy under the attack")
     model: Literal["base", "smoothed"] = Field(
         "base", description="base: the audited model; smoothed: the randomized-smoothing defense"
     )
-
-    @field_validator("eps", "min", mode="before")
-    @classmethod
-    def _number(cls, v: Any) -> float:
-        return parse_number(v)
 
     @classmethod
     def from_text(cls, text: str) -> RobustAccuracyRule:
@@ -167,13 +138,8 @@ class CertifiedAccuracyRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    radius: float = Field(ge=0, description="L2 radius in pixel units of [0,1] images")
-    min: float = Field(ge=0, le=1, description="minimum certified accuracy at the radius")
-
-    @field_validator("radius", "min", mode="before")
-    @classmethod
-    def _number(cls, v: Any) -> float:
-        return parse_number(v)
+    radius: Fraction = Field(ge=0, description="L2 radius in pixel units of [0,1] images")
+    min: Fraction = Field(ge=0, le=1, description="minimum certified accuracy at the radius")
 
     @classmethod
     def from_text(cls, text: str) -> CertifiedAccuracyRule:
@@ -268,19 +234,6 @@ def check_certified_rules(
     return list(rules)
 
 
-def clopper_pearson_bounds(
-    successes: np.ndarray | int, n: np.ndarray | int, alpha: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sided exact ``1 - alpha`` interval (Clopper & Pearson 1934), vectorized: each
-    side misses with probability at most ``alpha/2`` for every n and true proportion."""
-    k = np.asarray(successes, dtype=np.float64)
-    m = np.asarray(n, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        lo = np.where(k > 0, beta_dist.ppf(alpha / 2, k, m - k + 1), 0.0)
-        hi = np.where(k < m, beta_dist.ppf(1 - alpha / 2, k + 1, m - k), 1.0)
-    return lo, hi
-
-
 def decide(
     successes: np.ndarray | int, n: np.ndarray | int, minimum: np.ndarray | float, alpha: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -291,7 +244,7 @@ def decide(
     >>> [SEVERITIES[c] for c in codes]
     ['fail', 'warn', 'pass']
     """
-    lo, hi = clopper_pearson_bounds(successes, n, alpha)
+    lo, hi = clopper_pearson(successes, n, alpha)
     minimum = np.asarray(minimum, dtype=np.float64)
     codes = np.where(hi < minimum, 2, np.where(lo >= minimum, 0, 1))
     return codes.astype(np.int64), lo, hi
@@ -312,7 +265,7 @@ def detectable_shortfall(
     for i in np.ndindex(n_arr.shape):
         size, mn = int(n_arr[i]), float(min_arr[i])
         k = np.arange(size + 1)
-        _, hi = clopper_pearson_bounds(k, size, alpha)
+        _, hi = clopper_pearson(k, size, alpha)
         fails = np.flatnonzero(hi < mn)
         if fails.size and fails[-1] < size:
             out[i] = mn - float(beta_dist.ppf(1 - power, fails[-1] + 1, size - fails[-1]))

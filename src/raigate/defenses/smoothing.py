@@ -41,13 +41,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import beta, binom, norm
+from scipy.stats import binom, norm
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
 from raigate.models.base import Capabilities, Model
+from raigate.stats import clopper_pearson
 from raigate.training import Augment, FitReport, fit
 
 ABSTAIN = -1
@@ -69,11 +70,7 @@ __all__ = [
 def clopper_pearson_lower(count: np.ndarray, n: int, alpha: float) -> np.ndarray:
     """One-sided ``(1 - alpha)`` Clopper-Pearson lower bound on a binomial proportion
     (Clopper & Pearson 1934): the ``alpha`` quantile of ``Beta(k, n - k + 1)``, 0 at k = 0."""
-    k = np.asarray(count, dtype=np.float64)
-    out = np.zeros_like(k)
-    pos = k > 0
-    out[pos] = beta.ppf(alpha, k[pos], n - k[pos] + 1)
-    return out
+    return clopper_pearson(count, n, 2 * alpha)[0]
 
 
 def binomial_p_value(n_a: np.ndarray, n_b: np.ndarray) -> np.ndarray:

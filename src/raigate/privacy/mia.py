@@ -31,10 +31,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import beta as beta_dist
 from scipy.stats import norm
 from tqdm.auto import tqdm
 
+from raigate import stats
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
 from raigate.labels import data_to_model_index
@@ -60,12 +60,10 @@ __all__ = [
 
 def clopper_pearson(k: int, n: int, alpha: float) -> tuple[float, float]:
     """Exact two-sided ``1 - alpha`` interval for a binomial proportion (Clopper & Pearson
-    1934); pass ``2 * a`` for one-sided bounds at level ``a``."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    lo = 0.0 if k == 0 else float(beta_dist.ppf(alpha / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta_dist.ppf(1 - alpha / 2, k + 1, n - k))
-    return lo, hi
+    1934; :func:`raigate.stats.clopper_pearson`); pass ``2 * a`` for one-sided bounds at
+    level ``a``."""
+    lo, hi = stats.clopper_pearson(k, n, alpha)
+    return float(lo), float(hi)
 
 
 def _eps_from_rates(tpr: float, fpr: float, delta: float) -> float:
