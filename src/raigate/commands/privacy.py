@@ -342,8 +342,11 @@ def audit_cmd(
         )
     )
     claimed = m["claimed_epsilon"]
+    n_attacks = len(m["attacks"])
+    joint = f" jointly over {n_attacks} attacks, each at {1 - m['alpha_per_attack']:.1%}"
     typer.echo(
-        f"\nempirical epsilon >= {m['eps_lower']:.3f} ({1 - alpha:.0%} confidence) vs claimed "
+        f"\nempirical epsilon >= {m['eps_lower']:.3f} ({1 - alpha:.0%} confidence"
+        f"{joint if n_attacks > 1 else ''}) vs claimed "
         f"{'none' if claimed is None else format(claimed, '.3f')} (delta {m['delta']:g})"
     )
     for f in result.findings:
