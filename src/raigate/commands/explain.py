@@ -31,31 +31,14 @@ from raigate.cli_common import (
     format_table,
     handle_errors,
     load_model_from_options,
+    make_params,
     parse_names,
     read_label_map,
     resolve_device,
 )
-from raigate.errors import ConfigError, GateFailed
+from raigate.errors import GateFailed
 
 __all__ = ["explain_cmd", "register"]
-
-
-def explain_params(**values: Any) -> Any:
-    """``ExplainParams`` from command-line values; a validation error becomes a one-line
-    ConfigError naming the flag (``n_samples`` -> ``--n-samples``)."""
-    from pydantic import ValidationError
-
-    from raigate.audit.explanations import ExplainParams
-
-    try:
-        return ExplainParams(**values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = [str(x) for x in err["loc"]]
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        flag = "--" + loc[0].replace("_", "-") if loc else "explain"
-        got = f" (got {err['input']!r})" if not isinstance(err.get("input"), dict) else ""
-        raise ConfigError(f"{flag}: {msg}{got}") from None
 
 
 def explain_cmd(
@@ -126,7 +109,8 @@ def explain_cmd(
     from raigate.audit import explanations
     from raigate.data import load_data
 
-    params = explain_params(
+    params = make_params(
+        explanations.ExplainParams,
         methods=list(parse_names(methods) or []),
         n_samples=n_samples,
         layer=layer,

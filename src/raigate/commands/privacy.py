@@ -29,6 +29,7 @@ from raigate.cli_common import (
     format_table,
     handle_errors,
     load_model_from_options,
+    make_params,
     parse_floats,
     parse_names,
     read_label_map,
@@ -248,18 +249,6 @@ def _print_utility(m: dict[str, Any]) -> None:
     if m["per_attribute"]:
         typer.echo("\nper attribute value:")
         typer.echo(format_table(m["per_attribute"], ["attribute", "value", *cols]))
-
-
-def make_params(cls: type, **values: Any) -> Any:
-    """Build pydantic params; a validation error becomes one line naming the flag."""
-    from pydantic import ValidationError
-
-    try:
-        return cls(**values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "params"
-        raise ConfigError(f"{flag}: {err['msg']}") from None
 
 
 @privacy_app.command("audit")

@@ -31,6 +31,7 @@ from raigate.cli_common import (
     format_table,
     handle_errors,
     load_model_from_options,
+    make_params,
     parse_floats,
     parse_names,
     read_label_map,
@@ -47,28 +48,6 @@ _FLAGS = {
     "smoothing_sigma": "--smoothing-sigma",
     "smoothing_model": "--smoothing-model",
 }
-
-
-def make_params(cls: type, **values: Any) -> Any:
-    """Build a pydantic params object; a validation error becomes a one-line ConfigError
-    naming the command-line flag."""
-    from pydantic import ValidationError
-
-    try:
-        return cls(**values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = [str(x) for x in err["loc"]]
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if not loc:
-            raise ConfigError(msg) from None
-        flag = _FLAGS.get(loc[0], "--" + loc[0].replace("_", "-"))
-        got = (
-            f" (got {err['input']!r})"
-            if "input" in err and not isinstance(err["input"], dict | list)
-            else ""
-        )
-        raise ConfigError(f"{flag}: {msg}{got}") from None
 
 
 def _norms(text: str) -> list[str]:
@@ -230,6 +209,7 @@ def robustness_cmd(
 
     params = make_params(
         robustness.RobustnessParams,
+        _FLAGS,
         attacks=list(parse_names(attacks) or []),
         attack_params=parse_attack_params(attack_params),
         norms=_norms(norm),
