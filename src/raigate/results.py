@@ -106,6 +106,7 @@ class ModelRef(BaseModel):
             spec=model.spec,
             digest=model.digest,
             random_init=bool(getattr(model, "random_init", False)),
+            mode=getattr(model, "mode", "white-box"),
             class_names=list(model.class_names),
             input_shape=list(model.input_shape),
             warnings=list(getattr(model, "warnings", [])),
@@ -193,11 +194,26 @@ class CheckResult(_JsonDocument):
         "gated'); reports print it next to the verdict",
     )
 
+    mode: Literal["white-box", "black-box"] | None = Field(
+        None,
+        description="how the check could reach the model: white-box (gradients) or black-box "
+        "(queries only: attacks are score- or decision-based, explanations perturbation-based); "
+        "taken from the model when not given",
+    )
+
     @field_validator("params", "metrics", "environment", mode="before")
     @classmethod
     def _plain(cls, value: Any) -> Any:
         # numpy scalars would otherwise be coerced by the union's first member (4 -> 4.0)
         return to_jsonable(value)
+
+    @model_validator(mode="after")
+    def _mode_of_model(self) -> Self:
+        if self.mode is None:
+            mode = getattr(self.model, "mode", None)
+            if mode in ("white-box", "black-box"):
+                self.mode = mode
+        return self
 
     @model_validator(mode="after")
     def _input_warnings(self) -> Self:

@@ -207,6 +207,12 @@ class Model(nn.Module):
         return torch.device("cpu")
 
     @property
+    def mode(self) -> str:
+        """``white-box`` when input gradients are available, else ``black-box`` (an ONNX
+        session or a served predictor): every check records it, and picks its methods by it."""
+        return "white-box" if self.capabilities.gradients else "black-box"
+
+    @property
     def display_name(self) -> str:
         """The spec as a person should read it: a random-init model says so."""
         return self.spec + (RANDOM_INIT_MARK if self.random_init else "")
@@ -220,6 +226,7 @@ class Model(nn.Module):
         return {
             "spec": self.spec,
             "source": self.source,
+            "mode": self.mode,
             "random_init": self.random_init,
             "class_names": list(self.class_names),
             "input_shape": list(self.input_shape),
