@@ -189,7 +189,7 @@ def test_weights_that_do_not_fit(tmp_path: Path) -> None:
     ("group", "spec", "needle"),
     [
         ("data", "imagenet:/x", "unknown data spec"),
-        ("models", "model.onnx", "unknown model spec"),
+        ("models", "model.tflite", "unknown model spec"),
     ],
 )
 def test_unknown_spec_scheme(group: str, spec: str, needle: str) -> None:

@@ -24,7 +24,10 @@ from raigate.cli_common import (
     LabelMapOpt,
     LimitOpt,
     MeanOpt,
+    ModelModeOpt,
     ModelOpt,
+    OutputsOpt,
+    PreprocessOpt,
     RandomInitOpt,
     SampleOpt,
     SeedOpt,
@@ -83,7 +86,11 @@ def _root(
 @handle_errors
 def models_inspect(
     spec: Annotated[
-        str, typer.Argument(help="pkg.module:factory, FILE.pt, FILE.pt2, hf:DIR or FILE.json")
+        str,
+        typer.Argument(
+            help="pkg.module:factory, FILE.pt, FILE.pt2, hf:DIR, onnx:FILE, pyfn:pkg.mod:fn "
+            "or FILE.json"
+        ),
     ],
     weights: WeightsOpt = None,
     class_names: ClassNamesOpt = None,
@@ -92,12 +99,17 @@ def models_inspect(
     std: StdOpt = None,
     as_json: JsonOpt = False,
     trust_code: TrustCodeOpt = False,
+    preprocess: PreprocessOpt = None,
+    outputs: OutputsOpt = None,
+    model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
 ) -> None:
-    """Print class names, input shape, parameter count, capabilities and the weights digest."""
+    """Print class names, input shape, the deployed preprocessing pipeline, white-box or
+    black-box mode, parameter count, capabilities and the weights digest."""
     model = load_model_from_options(
         spec, weights, class_names, input_size, mean, std,
         trust_code=trust_code, random_init=random_init,
+        preprocess=preprocess, outputs=outputs, mode=model_mode,
     )  # fmt: skip
     info = model.describe()
     if as_json:
@@ -112,8 +124,26 @@ def models_inspect(
         f"input shape  {'x'.join(map(str, info['input_shape']))} (C x H x W, pixels in [0,1])"
     )
     typer.echo(f"parameters   {info['num_parameters']:,}")
-    typer.echo(f"normalize    mean={info['mean']} std={info['std']}")
+    typer.echo(f"pipeline     {info['pipeline']}")
+    typer.echo(f"mode         {info['mode']}")
     typer.echo(f"capabilities {caps}")
+    details = info.get("details") or {}
+    if details.get("format") == "onnx":
+        io = f"input {details['input']['name']} {details['input']['shape']}"
+        kind = details["output"]["kind"] + (" (detected)" if details["output"]["detected"] else "")
+        typer.echo(f"onnx         {io}, output {details['output']['name']}: {kind}")
+        typer.echo(f"runtime      onnxruntime {', '.join(details['providers'])}")
+        conv = details.get("conversion") or {}
+        if "max_abs_difference" in conv:
+            typer.echo(
+                f"conversion   torch vs onnxruntime: largest output difference "
+                f"{conv['max_abs_difference']:.3g} (tolerance {conv['tolerance']:g})"
+            )
+        if details.get("black_box_reason"):
+            typer.echo(f"black-box    {details['black_box_reason']}")
+    elif details.get("format") == "pyfn":
+        typer.echo(f"predictor    {details['predictor']}: {details['input']}")
+        typer.echo(f"digest of    {details['digest_of']}")
     typer.echo(f"digest       {info['digest']}  (sha256 over the weight tensors)")
     for f in info["files"]:
         typer.echo(f"file         {f['path']}  sha256:{f['sha256']}  {f['bytes']:,} bytes")
@@ -185,6 +215,9 @@ def evaluate_cmd(
     ] = None,
     label_map: LabelMapOpt = None,
     trust_code: TrustCodeOpt = False,
+    preprocess: PreprocessOpt = None,
+    outputs: OutputsOpt = None,
+    model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -206,6 +239,7 @@ def evaluate_cmd(
     model = load_model_from_options(
         model_spec, weights, class_names, input_size, mean, std, data=data,
         trust_code=trust_code, random_init=random_init,
+        preprocess=preprocess, outputs=outputs, mode=model_mode,
     )  # fmt: skip
     result = evaluate.run(model, data, params, out_dir=out)
     path = result.write(out)

@@ -270,6 +270,33 @@ RandomInitOpt = Annotated[
 ]
 
 
+PreprocessOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preprocess",
+        help="the deployed preprocessing, key=value,...: resize=H,W|N, resize_mode=exact|"
+        "shorter, interpolation=nearest|bilinear|bicubic|area, crop=H,W|N, "
+        "channel_order=rgb|bgr, value_scale=1|255, layout=nchw|nhwc (e.g. resize=256,"
+        "resize_mode=shorter,crop=224); mean/std keep their own options",
+    ),
+]
+OutputsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--outputs",
+        help="onnx:/pyfn: models: the model outputs logits or probs (default: detected)",
+    ),
+]
+ModelModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mode",
+        help="onnx: models: auto (white-box when the torch conversion matches onnxruntime, "
+        "else black-box), white-box (or exit 2) or black-box (queries only)",
+    ),
+]
+
+
 def load_model_from_options(
     spec: str,
     weights: Path | None,
@@ -281,9 +308,13 @@ def load_model_from_options(
     *,
     trust_code: bool = False,
     random_init: bool = False,
+    preprocess: str | None = None,
+    outputs: str | None = None,
+    mode: str | None = None,
 ) -> Any:
     """``load_model`` from the shared options; a random-init model is announced on stderr
-    before any number is printed, whatever the command prints afterwards."""
+    before any number is printed, whatever the command prints afterwards, and so is how an
+    ONNX model will be audited (white-box after a checked conversion, or black-box)."""
     from raigate.models import load_model
 
     model = load_model(
@@ -296,7 +327,15 @@ def load_model_from_options(
         data=data,
         trust_code=trust_code,
         random_init=random_init,
+        preprocess=preprocess,
+        outputs=outputs,
+        mode=mode,
     )
+    from raigate.models.onnx import access_line
+
+    line = access_line(model)
+    if line:
+        typer.echo(f"raigate: {line}", err=True)
     if model.random_init:
         typer.echo(
             f"raigate: warning: model {model.display_name}: no weights, a randomly initialised "

@@ -75,6 +75,26 @@ class ModelSection(BaseModel):
     random_init: bool = Field(
         False, description="a factory without weights is meant: audit an untrained network"
     )
+    preprocess: str | dict[str, Any] | None = Field(
+        None,
+        description="the deployed preprocessing: a [model.preprocess] table with the keys of "
+        "--preprocess (resize, resize_mode, interpolation, crop, channel_order, value_scale, "
+        "layout), or the same key=value text",
+    )
+    outputs: Literal["auto", "logits", "probs"] | None = None
+    mode: Literal["auto", "white-box", "black-box"] | None = None
+
+    @field_validator("preprocess")
+    @classmethod
+    def _preprocess(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        from raigate.models.preprocess import parse_preprocess
+
+        try:
+            return parse_preprocess(v).as_dict()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class DataSection(BaseModel):
@@ -228,8 +248,9 @@ def _relative(base: Path, path: str) -> str:
 
 def _resolve_model(base: Path, spec: str) -> str:
     """Model paths in a plan are relative to the plan file; factories stay as they are."""
-    if spec.startswith("hf:"):
-        return "hf:" + _relative(base, spec[3:])
+    for scheme in ("hf:", "onnx:"):
+        if spec.startswith(scheme):
+            return scheme + _relative(base, spec[len(scheme) :])
     if ":" in spec and "/" not in spec and "\\" not in spec:
         return spec  # pkg.module:factory
     return _relative(base, spec)

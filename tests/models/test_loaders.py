@@ -71,7 +71,7 @@ NET_SOURCE = """
 
 
 def test_loader_registry_has_every_kind() -> None:
-    assert set(LOADERS) == {"factory", "torchscript", "export", "hf", "json"}
+    assert set(LOADERS) == {"factory", "torchscript", "export", "hf", "json", "onnx", "pyfn"}
 
 
 # -- factory -------------------------------------------------------------------------------

@@ -53,13 +53,14 @@ class EvaluateParams(BaseModel):
 
 
 def prepare(model: Model, data: Dataset) -> Dataset:
-    """The dataset as the model wants it: resized to its input size, channels checked."""
+    """The dataset as the model wants it: through the model's deployed resize and crop (or
+    resized to its input size), channels checked."""
     c, h, w = model.input_shape
     if data.channels != c:
         raise ConfigError(
             f"the model expects {c} input channels but {data.spec} has {data.channels}"
         )
-    return data.resized((h, w))
+    return data.transformed(getattr(model, "preprocess", None), (h, w))
 
 
 def require_inputs(model: Model, data: Dataset) -> None:

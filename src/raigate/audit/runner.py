@@ -113,8 +113,16 @@ def run_audit(
             data=data,
             trust_code=plan.trust_code,
             random_init=m.random_init,
+            preprocess=m.preprocess,
+            outputs=m.outputs,
+            mode=m.mode,
             spec_origin=plan.source or "the audit plan",
         )
+    from raigate.models.onnx import access_line
+
+    for m_ in models.values():
+        if line := access_line(m_):
+            echo(f"audit: {line}")
     model = models[PRIMARY]
     echo(
         f"audit: model {model.display_name} ({model.digest[:19]}…), data {data.spec} "

@@ -20,7 +20,10 @@ from raigate.cli_common import (
     LabelMapOpt,
     LimitOpt,
     MeanOpt,
+    ModelModeOpt,
     ModelOpt,
+    OutputsOpt,
+    PreprocessOpt,
     RandomInitOpt,
     SampleOpt,
     SeedOpt,
@@ -100,6 +103,9 @@ def explain_cmd(
     ] = 128,
     label_map: LabelMapOpt = None,
     trust_code: TrustCodeOpt = False,
+    preprocess: PreprocessOpt = None,
+    outputs: OutputsOpt = None,
+    model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -131,6 +137,7 @@ def explain_cmd(
     model = load_model_from_options(
         model_spec, weights, class_names, input_size, mean, std, data=data,
         trust_code=trust_code, random_init=random_init,
+        preprocess=preprocess, outputs=outputs, mode=model_mode,
     )  # fmt: skip
     result = explanations.run(model, data, params, out_dir=out)
     path = result.write(out)

@@ -19,6 +19,9 @@ from raigate.cli_common import (
     LabelMapOpt,
     LimitOpt,
     MeanOpt,
+    ModelModeOpt,
+    OutputsOpt,
+    PreprocessOpt,
     RandomInitOpt,
     SampleOpt,
     SeedOpt,
@@ -81,6 +84,9 @@ def fairness_cmd(
     ] = None,
     label_map: LabelMapOpt = None,
     trust_code: TrustCodeOpt = False,
+    preprocess: PreprocessOpt = None,
+    outputs: OutputsOpt = None,
+    model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
     weights: WeightsOpt = None,
     class_names: ClassNamesOpt = None,
@@ -130,6 +136,7 @@ def fairness_cmd(
     model = load_model_from_options(
         model_spec, weights, class_names, input_size, mean, std, data=data,
         trust_code=trust_code, random_init=random_init,
+        preprocess=preprocess, outputs=outputs, mode=model_mode,
     )  # fmt: skip
     result = fairness.run(model, data, params, out_dir=out)
     path = result.write(out)

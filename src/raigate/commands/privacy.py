@@ -19,6 +19,9 @@ from raigate.cli_common import (
     LabelMapOpt,
     LimitOpt,
     MeanOpt,
+    ModelModeOpt,
+    OutputsOpt,
+    PreprocessOpt,
     RandomInitOpt,
     SampleOpt,
     SeedOpt,
@@ -281,6 +284,9 @@ def audit_cmd(
     alpha: Annotated[float, typer.Option("--alpha", help="1 - confidence of the bound")] = 0.05,
     label_map: LabelMapOpt = None,
     trust_code: TrustCodeOpt = False,
+    preprocess: PreprocessOpt = None,
+    outputs: OutputsOpt = None,
+    model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
     weights: WeightsOpt = None,
     class_names: ClassNamesOpt = None,
@@ -300,6 +306,7 @@ def audit_cmd(
     model = load_model_from_options(
         model_spec, weights, class_names, None, mean, std, data=data,
         trust_code=trust_code, random_init=random_init,
+        preprocess=preprocess, outputs=outputs, mode=model_mode,
     )  # fmt: skip
     params = make_params(
         privacy.PrivacyParams,

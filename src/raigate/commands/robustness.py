@@ -20,7 +20,10 @@ from raigate.cli_common import (
     LabelMapOpt,
     LimitOpt,
     MeanOpt,
+    ModelModeOpt,
     ModelOpt,
+    OutputsOpt,
+    PreprocessOpt,
     RandomInitOpt,
     SampleOpt,
     SeedOpt,
@@ -194,6 +197,9 @@ def robustness_cmd(
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers")] = 0,
     label_map: LabelMapOpt = None,
     trust_code: TrustCodeOpt = False,
+    preprocess: PreprocessOpt = None,
+    outputs: OutputsOpt = None,
+    model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -248,6 +254,7 @@ def robustness_cmd(
     model = load_model_from_options(
         model_spec, weights, class_names, input_size, mean, std, data=data,
         trust_code=trust_code, random_init=random_init,
+        preprocess=preprocess, outputs=outputs, mode=model_mode,
     )  # fmt: skip
     smoothing_base = None
     if smoothing_model:  # loaded here so --trust-code and --random-init apply to it too
@@ -362,6 +369,9 @@ def harden_smoothing_cmd(
     seed: SeedOpt = 0,
     label_map: LabelMapOpt = None,
     trust_code: TrustCodeOpt = False,
+    preprocess: PreprocessOpt = None,
+    outputs: OutputsOpt = None,
+    model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -374,6 +384,7 @@ def harden_smoothing_cmd(
     model = load_model_from_options(
         model_spec, weights, class_names, input_size, mean, std, data=data,
         trust_code=trust_code, random_init=random_init,
+        preprocess=preprocess, outputs=outputs, mode=model_mode,
     )  # fmt: skip
     res = harden_smoothing(
         model, data, out, sigma=sigma, epochs=epochs, lr=lr, batch_size=batch_size,

@@ -92,6 +92,8 @@ class Dataset(torch.utils.data.Dataset):
         self.channels = channels
         self.native_size = native_size
         self.image_size: tuple[int, int] | None = None  # set by resized()
+        # deployed resize/crop (raigate.models.preprocess), set by transformed()
+        self.geometry: Any = None
         self._all_labels = np.asarray(labels, dtype=np.int64)
         n = len(self._all_labels)
         attrs = attributes if attributes is not None else pd.DataFrame(index=range(n))
@@ -123,7 +125,14 @@ class Dataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
         row = int(self._rows[i])
-        return self._read(row, self.image_size), int(self._all_labels[row]), int(i)
+        if self.geometry is not None and self.image_size is not None:
+            from raigate.models.preprocess import apply_geometry
+
+            # decoded once at its stored size, then resized and cropped as deployed
+            x = apply_geometry(self._read(row, None), self.geometry, self.image_size)
+        else:
+            x = self._read(row, self.image_size)
+        return x, int(self._all_labels[row]), int(i)
 
     # -- views ----------------------------------------------------------------------------
     @property
@@ -160,6 +169,13 @@ class Dataset(torch.utils.data.Dataset):
         """A view whose images come out at ``size`` = (H, W) (e.g. the model's input size)."""
         view = copy.copy(self)
         view.image_size = None if size is None else (int(size[0]), int(size[1]))
+        return view
+
+    def transformed(self, geometry: Any, size: Sequence[int]) -> Dataset:
+        """A view whose images go through a deployed resize and center crop
+        (:class:`raigate.models.preprocess.Preprocess`) ending at ``size`` = (H, W)."""
+        view = self.resized(size)
+        view.geometry = geometry if geometry is not None and geometry.has_geometry else None
         return view
 
     def loader(

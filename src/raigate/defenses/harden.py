@@ -123,6 +123,7 @@ def harden_smoothing(
         input_shape=list(model.input_shape),
         mean=trained.normalize.mean.flatten().tolist(),
         std=trained.normalize.std.flatten().tolist(),
+        preprocess=model.preprocess,
     )
     digest = state_digest(module_tensors(trained.net))
     record = write_atomic(

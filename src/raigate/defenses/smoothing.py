@@ -296,7 +296,7 @@ def train_noise(
     return fit(
         model.net,
         data,
-        normalize=model.normalize,
+        normalize=model.transform,  # channel order, scale, mean/std, layout as deployed
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from raigate.errors import ConfigError
+from raigate.models.preprocess import Preprocess, ValueTransform, check_geometry, pipeline_text
 from raigate.results import RANDOM_INIT_MARK, Finding
 
 
@@ -140,6 +141,8 @@ class Model(nn.Module):
         capabilities: Capabilities | None = None,
         source: str = "module",
         random_init: bool = False,
+        preprocess: Preprocess | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         shape = tuple(int(v) for v in input_shape)
@@ -158,8 +161,18 @@ class Model(nn.Module):
         mean_c = _per_channel(mean, shape[0], 0.0, "mean")
         std_c = _per_channel(std, shape[0], 1.0, "std")
         self.normalize = Normalize(mean_c, std_c)
+        self.preprocess = preprocess or Preprocess()
+        if self.preprocess.has_geometry:
+            check_geometry(self.preprocess, shape, spec)
+        # the value half of the deployed preprocessing (channel order, scale, mean/std, layout)
+        self.transform = ValueTransform(self.normalize, self.preprocess)
+        # loader facts worth a report line (ONNX: conversion check, providers, outputs kind)
+        self.details: dict[str, Any] = dict(details or {})
         # likely input mistakes, issued as warnings now and recorded by every check's result
-        self.warnings: list[Finding] = normalization_findings(spec, mean_c, std_c)
+        self.warnings: list[Finding] = normalization_findings(
+            spec, [v / self.preprocess.value_scale for v in mean_c],
+            [v / self.preprocess.value_scale for v in std_c],
+        )  # fmt: skip
         self.class_names: tuple[str, ...] = names
         self.input_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
         self.spec = spec
@@ -172,7 +185,7 @@ class Model(nn.Module):
 
     # -- the contract -------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(self.normalize(x))
+        return self.net(self.transform(x))
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits ``[B, K]`` for pixels ``x`` in [0, 1], shape ``[B, C, H, W]``."""
@@ -207,6 +220,16 @@ class Model(nn.Module):
         return torch.device("cpu")
 
     @property
+    def pipeline(self) -> str:
+        """The deployed preprocessing in one line (``raigate models inspect``, reports)."""
+        return pipeline_text(
+            self.preprocess,
+            mean=self.normalize.mean.flatten().tolist(),
+            std=self.normalize.std.flatten().tolist(),
+            shape=self.input_shape,
+        )
+
+    @property
     def mode(self) -> str:
         """``white-box`` when input gradients are available, else ``black-box`` (an ONNX
         session or a served predictor): every check records it, and picks its methods by it."""
@@ -234,6 +257,9 @@ class Model(nn.Module):
             "capabilities": self.capabilities.as_dict(),
             "mean": [round(v, 6) for v in self.normalize.mean.flatten().tolist()],
             "std": [round(v, 6) for v in self.normalize.std.flatten().tolist()],
+            "preprocess": self.preprocess.as_dict(),
+            "pipeline": self.pipeline,
+            "details": self.details,
             "digest": self.digest,
             "files": self.files,
             "warnings": [w.model_dump() for w in self.warnings],

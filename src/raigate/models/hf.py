@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from raigate.errors import MissingDependencyError, ModelLoadError, SpecError
 from raigate.models._common import file_record, one_line, same_or_conflict
 from raigate.models.base import Model, module_tensors, state_digest
+from raigate.models.preprocess import Preprocess
 from raigate.models.specs import ModelOptions
 
 __all__ = ["HFLogits", "load_hf", "read_preprocessing"]
@@ -110,6 +111,31 @@ def read_preprocessing(
     if mean == [0.0] and std == [1.0]:
         return None, None, size
     return mean, std, size
+
+
+_PIL_FILTERS = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def read_geometry(folder: Path) -> Preprocess | None:
+    """The processor's resize and center crop as a deployed geometry, when it has both a
+    shorter-side resize and a crop (the ImageNet recipe, e.g. shortest_edge 256 then crop
+    224) with a filter raigate implements; else None (resize straight to the input size)."""
+    for name in _PROCESSOR_FILES:
+        if (folder / name).is_file():
+            data = _read_json(folder / name)
+            proc = data.get("image_processor", data) if name == "processor_config.json" else data
+            break
+    else:
+        return None
+    size, crop = proc.get("size"), proc.get("crop_size")
+    short = size.get("shortest_edge") if isinstance(size, dict) else None
+    if not (proc.get("do_resize", True) and proc.get("do_center_crop") and isinstance(short, int)):
+        return None
+    hw = _hw(crop) if crop is not None else None
+    interp = _PIL_FILTERS.get(int(proc.get("resample", 2)))
+    if hw is None or interp is None:
+        return None
+    return Preprocess(resize=[short], resize_mode="shorter", crop=list(hw), interpolation=interp)
 
 
 def _per_channel(v: float | Sequence[float]) -> list[float]:
@@ -200,4 +226,5 @@ def load_hf(spec: str, target: str, options: ModelOptions) -> Model:
         digest=state_digest(module_tensors(hf_model)),
         files=_files(folder),
         source="hf",
+        preprocess=options.preprocess or read_geometry(folder),
     )

@@ -9,6 +9,10 @@ kind            what it reads
 ``export``      ``FILE.pt2`` saved by ``torch.export.save``
 ``hf``          ``hf:DIR``, a local Hugging Face image classifier (see ``raigate.models.hf``)
 ``json``        ``FILE.json``, a raigate model spec written by :func:`write_model_spec`
+``onnx``        ``onnx:FILE`` / ``FILE.onnx``, run by onnxruntime, white-box through a
+                checked torch conversion when possible (``raigate.models.onnx``)
+``pyfn``        ``pyfn:pkg.module:predict``, a served model's client, black-box, only
+                with ``--trust-code``
 ==============  ====================================================================
 
 Nothing here unpickles arbitrary objects: weights go through ``torch.load(weights_only=True)``
@@ -57,6 +61,7 @@ from raigate.models._common import (
 )
 from raigate.models.base import Capabilities, Model, module_tensors, state_digest
 from raigate.models.factories import build_network, check_trust
+from raigate.models.preprocess import Preprocess
 from raigate.models.specs import _FACTORY_RE, ModelLoader, ModelOptions
 from raigate.models.weights import apply_state_dict, load_state_dict_file
 
@@ -150,7 +155,7 @@ def load_factory(spec: str, target: str, options: ModelOptions) -> Model:
     return Model(
         net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
         spec=spec, digest=state_digest(module_tensors(net)), files=files, source="factory",
-        random_init=options.weights is None,
+        random_init=options.weights is None, preprocess=options.preprocess,
     )  # fmt: skip
 
 
@@ -178,7 +183,7 @@ def load_torchscript(spec: str, target: str, options: ModelOptions) -> Model:
     _check_output_width(net, shape, len(names), spec, names_from_data=names_from_data(options))
     return Model(
         net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
-        spec=spec, files=[file_record(p)], source="torchscript",
+        spec=spec, files=[file_record(p)], source="torchscript", preprocess=options.preprocess,
     )  # fmt: skip
 
 
@@ -312,7 +317,7 @@ def load_export(spec: str, target: str, options: ModelOptions) -> Model:
     return Model(
         net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
         spec=spec, files=[file_record(p)], capabilities=_export_capabilities(ep),
-        source="export",
+        source="export", preprocess=options.preprocess,
     )  # fmt: skip
 
 
@@ -335,6 +340,7 @@ class ModelSpecFile(BaseModel):
     input_shape: list[int] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    preprocess: Preprocess | None = None
 
     @field_validator("input_shape")
     @classmethod
@@ -377,6 +383,14 @@ def load_json(spec: str, target: str, options: ModelOptions) -> Model:
     same_or_conflict("input size", doc.input_shape, options.input_size, src)
     same_or_conflict("mean", doc.mean, options.mean, src)
     same_or_conflict("std", doc.std, options.std, src)
+    preprocess = doc.preprocess
+    given = options.preprocess
+    if preprocess is not None and given is not None and given.as_dict() != preprocess.as_dict():
+        raise ConfigError(
+            f"--preprocess {given.as_dict()} differs from preprocess {preprocess.as_dict()} in "
+            f"{src}; drop the option, or fix {src}"
+        )
+    preprocess = preprocess or given
     weights = (p.parent / doc.weights) if doc.weights else None
     if (
         weights is not None
@@ -410,7 +424,7 @@ def load_json(spec: str, target: str, options: ModelOptions) -> Model:
         mean=doc.mean if doc.mean is not None else options.mean,
         std=doc.std if doc.std is not None else options.std,
         spec=spec, digest=state_digest(module_tensors(net)), files=files, source="json",
-        random_init=weights is None,
+        random_init=weights is None, preprocess=preprocess,
     )  # fmt: skip
 
 
@@ -424,8 +438,10 @@ def write_model_spec(
     input_shape: Sequence[int],
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> Path:
-    """Write a model spec JSON (atomically) that ``load_model(path)`` turns back into the model.
+    """Write a model spec JSON (atomically) that ``load_model(path)`` turns back into the model
+    (``preprocess``: the deployed pipeline, stored when it differs from the default).
 
     ``weights`` is stored relative to the spec's folder when it lies inside it (the pair can
     be moved together) and pinned by its sha256, so a swapped weights file is detected.
@@ -451,12 +467,28 @@ def write_model_spec(
         input_shape=[int(v) for v in input_shape],
         mean=[float(v) for v in mean] if mean is not None else None,
         std=[float(v) for v in std] if std is not None else None,
+        preprocess=preprocess if preprocess is not None and not preprocess.is_default else None,
     )
     try:
-        text = json.dumps(doc.model_dump(exclude_none=True), indent=2, sort_keys=True) + "\n"
+        body = doc.model_dump(exclude_none=True, exclude={"preprocess"})
+        if doc.preprocess is not None:
+            body["preprocess"] = doc.preprocess.as_dict()
+        text = json.dumps(body, indent=2, sort_keys=True) + "\n"
     except TypeError as e:
         raise ConfigError(f"model spec kwargs must be plain JSON values: {e}") from e
     return write_atomic(target, text)
+
+
+def _load_onnx(spec: str, target: str, options: ModelOptions) -> Model:
+    from raigate.models.onnx import load_onnx
+
+    return load_onnx(spec, target, options)
+
+
+def _load_pyfn(spec: str, target: str, options: ModelOptions) -> Model:
+    from raigate.models.onnx import load_pyfn
+
+    return load_pyfn(spec, target, options)
 
 
 def _load_hf(spec: str, target: str, options: ModelOptions) -> Model:
@@ -473,5 +505,7 @@ LOADERS: dict[str, ModelLoader] = {
     "export": load_export,
     "hf": _load_hf,
     "json": load_json,
+    "onnx": _load_onnx,
+    "pyfn": _load_pyfn,
 }
 """Built-in loaders by spec kind; ``specs.register_model_loader`` adds or replaces one."""

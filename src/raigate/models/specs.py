@@ -10,10 +10,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from raigate.errors import SpecError
 from raigate.models.base import Model
+from raigate.models.preprocess import Preprocess, parse_preprocess
 
 if TYPE_CHECKING:
     from raigate.data.base import Dataset
@@ -22,7 +23,8 @@ _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 
 SPEC_HELP = (
     "pkg.module:factory (with --weights FILE), FILE.pt (TorchScript), FILE.pt2 (torch.export), "
-    "hf:DIR (local Hugging Face model) or FILE.json (raigate model spec)"
+    "hf:DIR (local Hugging Face model), onnx:FILE.onnx, pyfn:pkg.module:predict (a served "
+    "model's client, with --trust-code) or FILE.json (raigate model spec)"
 )
 
 
@@ -39,6 +41,9 @@ class ModelOptions:
     ``spec_origin``: the file the spec string itself was read from (a plan), so that a bare
     ``pkg.module:factory`` there is treated as read from a file, not named by the caller;
     ``random_init``: a factory without weights is meant (an untrained network), not a mistake.
+    ``preprocess``: the deployed resize/crop/channel order/scale/layout
+    (:mod:`raigate.models.preprocess`); ``outputs`` (``logits``/``probs``/``auto``) and
+    ``mode`` (``auto``/``white-box``/``black-box``) apply to ``onnx:`` and ``pyfn:`` specs.
     """
 
     weights: Path | None = None
@@ -51,6 +56,9 @@ class ModelOptions:
     trust_code: bool = False
     random_init: bool = False
     spec_origin: str | None = None
+    preprocess: Preprocess | None = None
+    outputs: str | None = None
+    mode: str | None = None
 
 
 ModelLoader = Callable[[str, str, ModelOptions], Model]
@@ -71,7 +79,13 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
         raise SpecError(f"empty model spec; use {SPEC_HELP}")
     if s.startswith("hf:"):
         return "hf", s[3:]
+    if s.startswith("onnx:"):
+        return "onnx", s[5:]
+    if s.startswith("pyfn:"):
+        return "pyfn", s[5:]
     suffix = Path(s).suffix.lower()
+    if suffix == ".onnx":
+        return "onnx", s
     if suffix == ".pt2":
         return "export", s
     if suffix in {".pt", ".pth", ".ts"}:
@@ -109,6 +123,9 @@ def load_model(
     trust_code: bool = False,
     random_init: bool = False,
     spec_origin: str | None = None,
+    preprocess: str | dict[str, Any] | Preprocess | None = None,
+    outputs: str | None = None,
+    mode: str | None = None,
 ) -> Model:
     """Load any model spec as a :class:`Model` in eval mode.
 
@@ -119,6 +136,10 @@ def load_model(
     the spec was read from a plan) runs only if it is one of raigate's own model factories
     or ``trust_code=True`` (see :mod:`raigate.models.factories`). A factory without weights
     is refused unless ``random_init=True``; the model is then marked ``random_init``.
+
+    ``preprocess`` is the deployed pipeline (``"resize=256,resize_mode=shorter,crop=224"``,
+    a dict, or a :class:`~raigate.models.preprocess.Preprocess`). ``outputs`` and ``mode``
+    configure ``onnx:`` and ``pyfn:`` models (:mod:`raigate.models.onnx`).
     """
     _builtin_loaders()
     kind, target = parse_model_spec(spec)
@@ -135,7 +156,16 @@ def load_model(
         trust_code=trust_code,
         random_init=random_init,
         spec_origin=spec_origin,
+        preprocess=parse_preprocess(preprocess) if preprocess is not None else None,
+        outputs=outputs,
+        mode=mode,
     )
+    if kind not in {"onnx", "pyfn"}:
+        for name, value in (("outputs", outputs), ("mode", mode)):
+            if value not in (None, "auto"):
+                raise SpecError(
+                    f"--{name} applies to onnx: and pyfn: models, not to {kind} spec {spec!r}"
+                )
     if data is not None:
         options = replace(
             options,

@@ -180,6 +180,12 @@ class _Source:
 
 
 def _norm_values(model: Model) -> tuple[list[float] | None, list[float] | None]:
+    if not model.preprocess.is_default:
+        raise ConfigError(
+            f"model {model.spec} declares a deployed preprocessing ({model.pipeline}); DP-SGD "
+            "retraining keeps mean/std only, so the private model would not match it: retrain "
+            "from a spec without preprocess and apply it when auditing"
+        )
     if model.normalize.is_identity:
         return None, None
     return (
