@@ -154,6 +154,8 @@ def run_audit(
         result.write(check_dir)
         results[inst.name] = result
         scope = f"; {result.verdict_scope}" if result.verdict_scope else ""
+        if result.mode == "black-box":
+            scope += "; black-box"
         echo(f"[{i}/{total}] {label}: {result.verdict}{scope} ({time.perf_counter() - t0:.1f}s)")
 
     gates = [

@@ -96,6 +96,17 @@ def _section(name: str, result: CheckResult, bundle: Path, on: str = "model") ->
         f"…), data <code>{html.escape(result.data.spec)}</code>{data_note}, seed "
         f"{result.seed}, {result.timing_s:.1f}s</p>"
     )
+    if result.mode is not None:
+        how = (
+            "input gradients available: gradient attacks and attributions"
+            if result.mode == "white-box"
+            else "queries only: score- and decision-based attacks (upper bounds on robust "
+            "accuracy at their query budget), perturbation explanations"
+        )
+        parts.append(
+            f"<p class='mode'>mode <strong>{html.escape(result.mode)}</strong> "
+            f"<span class='muted'>({how})</span></p>"
+        )
     if result.findings:
         items = "".join(
             f"<li>{_badge(f.severity)} <code>{html.escape(f.id)}</code> "
@@ -385,6 +396,8 @@ def render_model_card(report: AuditReport, card: dict[str, Any]) -> str:
         label = name if on == "model" else f"{name}` on variant `{on}"
         if result.verdict_scope:
             lines.append(f"- `{label}`: **{result.verdict_label}**")
+        if result.mode == "black-box":
+            lines.append(f"- `{label}`: audited **black-box** (queries only)")
         for f in result.findings:
             lines.append(f"- `{label}` · {f.id}: **{f.severity}** — {f.message}")
         if not result.findings:
