@@ -124,3 +124,54 @@ def test_auc_gate_three_levels_on_constructed_attacks() -> None:
     # a second, weaker attack never rescues a failing one
     two = [attack(0.5, 5000), attack(0.75, 200)]
     assert privacy._auc_finding(two, 0.6, 0.0125, "").severity == "fail"
+
+
+def _black_box_twin(model: raigate.Model) -> raigate.Model:
+    """The same network behind a numpy predictor: queries only, no gradients, no weights."""
+    import numpy as np
+
+    from raigate.models.base import Capabilities, Model
+    from raigate.models.blackbox import QueryNet
+
+    net = model.net
+
+    def predict(a: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(a)).numpy()
+
+    return Model(
+        QueryNet(predict, name="served age model"),
+        class_names=model.class_names,
+        input_shape=model.input_shape,
+        mean=0.5,
+        std=0.5,
+        spec="served:age",
+        capabilities=Capabilities(gradients=False),
+    )
+
+
+def test_black_box_twin_gives_the_same_membership_scores(overfit: raigate.Model) -> None:
+    import numpy as np
+
+    from raigate.privacy.mia import model_outputs
+
+    twin = _black_box_twin(overfit)
+    non_members = raigate.load_data("demo:test", limit=64, task=TASK)
+    members = raigate.load_data("demo:train", limit=64, task=TASK)
+    white_out = model_outputs(overfit, members, progress=False)
+    black_out = model_outputs(twin, members, progress=False)
+    np.testing.assert_array_equal(black_out.probs, white_out.probs)  # the same forward function
+    np.testing.assert_array_equal(black_out.loss, white_out.loss)
+
+    params = privacy.PrivacyParams(
+        members="demo:train", members_limit=64, epsilon=0.5, max_auc=0.6, progress=False
+    )
+    before = twin.net.queries
+    white = privacy.run(overfit, non_members, params)
+    black = privacy.run(twin, non_members, params)
+    assert twin.net.queries - before == 64 + 64  # one forward query per example, nothing else
+    assert white.mode == "white-box" and black.mode == "black-box"
+    assert black.model.model_dump()["mode"] == "black-box"
+    assert black.metrics["attacks"] == white.metrics["attacks"]  # AUCs, TPRs, epsilon bounds
+    assert black.metrics["auc"] == white.metrics["auc"] > 0.85
+    assert [f.model_dump() for f in black.findings] == [f.model_dump() for f in white.findings]

@@ -70,3 +70,22 @@ def test_a_failed_sanity_gate_exits_1(tmp_path: Path) -> None:
     assert code == 1, text
     assert "[FAIL] saliency: after re-initializing all 4 parameter layers" in text
     assert (tmp_path / "o" / "result.json").is_file()
+
+
+def test_forward_only_methods_and_their_options(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, text = invoke(
+        "explain", "--model", "raigate.zoo:small_cnn", "--data", "demo:test", "--limit", "20",
+        "--random-init", "--methods", "feature-ablation,kernelshap", "--patch-size", "8",
+        "--kernelshap-samples", "32", "--out", str(out), *CHEAP,
+    )  # fmt: skip
+    assert code in (0, 1), text
+    result = json.loads((out / "result.json").read_text())
+    assert result["mode"] == "white-box" and result["params"]["methods"] == [
+        "feature-ablation",
+        "kernelshap",
+    ]
+    assert result["params"]["methods_settings"]["kernelshap"] == {
+        "baseline": "black", "patch_size": 8, "n_samples": 32, "seed": 0,
+    }  # fmt: skip
+    assert {r["method"] for r in result["metrics"]["sanity"]} == {"feature-ablation", "kernelshap"}

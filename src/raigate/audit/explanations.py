@@ -18,7 +18,17 @@ measures, per method:
   distance to the overall mean map.
 
 Methods that cannot run on the model (Grad-CAM without a conv layer, e.g. a ViT) are
-skipped with a note in the ``methods`` table. With ``out_dir`` the check writes PNG
+skipped with a note in the ``methods`` table.
+
+**Black-box models** (``model.mode == "black-box"``: an ONNX session, a served predictor;
+no input gradients, no weights) are explained by the perturbation methods, which need
+forward passes only: by default ``occlusion``, ``feature-ablation`` and ``kernelshap``
+(:data:`BLACK_BOX_METHODS`); naming a gradient method for such a model is a ConfigError
+that lists the methods that work. Deletion/insertion, infidelity and max-sensitivity are
+forward-only too and run unchanged. The randomization test re-initializes the network's
+weights, which a query-only model does not expose: it is skipped, and the skip is a
+``warn`` finding (``explanations.sanity``) with the reason, so the verdict says the maps'
+dependence on the weights was not tested. With ``out_dir`` the check writes PNG
 figures there: ``explanations_grid.png`` (image + overlay per method),
 ``sanity_cascade.png`` and ``group_maps_<attribute>.png``.
 
@@ -54,6 +64,7 @@ from raigate.data.base import Dataset, select
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError
 from raigate.explain.methods import (
+    METHODS,
     AttributionConfig,
     Method,
     default_blur_sigma,
@@ -69,7 +80,7 @@ from raigate.explain.metrics import (
     spearman_rows,
     square_removal,
 )
-from raigate.explain.sanity import cascade
+from raigate.explain.sanity import cascade, randomization_units
 from raigate.labels import data_to_model_index
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
@@ -77,6 +88,9 @@ from raigate.values import Fraction, Seed
 
 NAME = "explanations"
 DEFAULT_METHODS = ("integrated-gradients", "saliency", "gradcam", "smoothgrad", "occlusion")
+"""Methods run on a white-box model when ``methods`` is not given."""
+BLACK_BOX_METHODS = ("occlusion", "feature-ablation", "kernelshap")
+"""Methods run on a black-box model (forward passes only) when ``methods`` is not given."""
 _ID_COLUMNS = {"file", "path", "filename", "service_test"}
 
 
@@ -85,8 +99,10 @@ class ExplainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    methods: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_METHODS), description="registered method names"
+    methods: list[str] | None = Field(
+        None,
+        description="registered method names; default by the model's mode: DEFAULT_METHODS "
+        "(white-box) or BLACK_BOX_METHODS (black-box, forward passes only)",
     )
     n_samples: int = Field(16, gt=0, description="images explained (seeded, stratified)")
     target: Literal["predicted", "label"] = Field(
@@ -95,7 +111,9 @@ class ExplainParams(BaseModel):
     label_map: dict[str, str] | None = Field(None, description="model class -> data label")
     layer: str | None = Field(None, description="Grad-CAM layer (module name in model.net)")
     baseline: Literal["black", "blur", "uniform"] = Field(
-        "black", description="reference image for Integrated Gradients and occlusion"
+        "black",
+        description="reference image for Integrated Gradients, occlusion, feature ablation "
+        "and KernelSHAP",
     )
     n_steps: int = Field(50, gt=0, description="Integrated Gradients quadrature points")
     batch_size: int = Field(128, gt=0, description="images per forward/backward pass")
@@ -103,6 +121,14 @@ class ExplainParams(BaseModel):
     smoothgrad_stdev: Fraction = Field(0.15, gt=0, description="SmoothGrad noise std (pixels)")
     occlusion_window: int | None = Field(None, gt=0, description="px; default min(H,W)/8")
     occlusion_stride: int | None = Field(None, gt=0, description="px; default window/2")
+    patch_size: int | None = Field(
+        None,
+        gt=0,
+        description="feature-ablation/KernelSHAP superpixel side, px; default min(H,W)/8",
+    )
+    kernelshap_samples: int = Field(
+        256, gt=1, description="KernelSHAP coalitions per image (one forward pass each)"
+    )
     blur_sigma: Fraction | None = Field(None, gt=0, description="px; default max(H,W)/16")
     curve_steps: int = Field(20, gt=0, description="points of the deletion/insertion curves")
     infidelity_perturbations: int = Field(16, gt=0, description="perturbations per image")
@@ -128,7 +154,9 @@ class ExplainParams(BaseModel):
 
     @field_validator("methods")
     @classmethod
-    def _methods(cls, value: list[str]) -> list[str]:
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
         names = [v.strip() for v in value if v.strip()]
         if not names:
             raise ValueError("give at least one method")
@@ -146,6 +174,8 @@ class ExplainParams(BaseModel):
             smoothgrad_stdev=self.smoothgrad_stdev,
             occlusion_window=self.occlusion_window,
             occlusion_stride=self.occlusion_stride,
+            patch_size=self.patch_size,
+            kernelshap_samples=self.kernelshap_samples,
             blur_sigma=self.blur_sigma,
             seed=self.seed,
         )
@@ -171,6 +201,8 @@ DEFINITIONS = {
     "spearman": "Adebayo et al. 2018 cascading randomization: mean over sanity_samples images "
     "of the Spearman rank correlation between the absolute maps of the trained model and of a "
     "copy with the top `layers_randomized` layers re-initialized (down to `layer`)",
+    "sanity_note": "why the randomization test did not run (a black-box model has no weights "
+    "to re-initialize), else null",
     "passed": "spearman below sanity_max_spearman (the maps changed); the method's finding "
     "uses the row where every layer is randomized",
     "relative_delta": "|IG attribution sum - (f(x) - f(baseline))| / |f(x) - f(baseline)| on "
@@ -409,15 +441,52 @@ def _sanity(
     return records, figure
 
 
+def requested_methods(model: Model, params: ExplainParams) -> list[str]:
+    """``params.methods``, or when not given the defaults for the model's mode."""
+    if params.methods is not None:
+        return list(params.methods)
+    return list(BLACK_BOX_METHODS if model.mode == "black-box" else DEFAULT_METHODS)
+
+
+def _require_forward_only(model: Model, names: list[str]) -> None:
+    """ConfigError when a gradient method is asked of a black-box model: the user named it,
+    so dropping it silently would report fewer methods than were asked for."""
+    if model.mode != "black-box":
+        return
+    wrong = [name for name in names if get_method(name).needs_gradients]
+    if wrong:
+        usable = [name for name, m in METHODS.items() if not m.needs_gradients]
+        raise ConfigError(
+            f"--methods {', '.join(wrong)}: {'needs' if len(wrong) == 1 else 'need'} input "
+            f"gradients, but {model.display_name} is black-box (queries only); methods that "
+            f"work black-box: {', '.join(usable)}"
+        )
+
+
+def sanity_skip_reason(model: Model) -> str | None:
+    """Why the cascading randomization test cannot run on ``model``, or ``None``."""
+    if model.mode == "black-box":
+        return (
+            f"cascading randomization test not run: {model.display_name} is black-box (queries "
+            "only) and the test re-initializes the network's weights layer by layer"
+        )
+    if not randomization_units(model.net):
+        return "cascading randomization test not run: the network has no parameter layers"
+    return None
+
+
 def _method_status(
     model: Model, params: ExplainParams
 ) -> tuple[dict[str, Method], list[dict[str, Any]]]:
     """The requested methods that can run on ``model``, and a status row for every one (a
-    skipped method says why); ConfigError for an unknown method, a bad layer, or none left."""
+    skipped method says why); ConfigError for an unknown method, a gradient method on a
+    black-box model, a bad layer, or none left."""
     config = params.attribution_config()
+    names = requested_methods(model, params)
+    _require_forward_only(model, names)
     status: list[dict[str, Any]] = []
     methods: dict[str, Method] = {}
-    for name in params.methods:
+    for name in names:
         method = get_method(name)
         reason = method.skip_reason(model, config)
         if reason is None:
@@ -527,15 +596,21 @@ def run(
         findings.append(_faithfulness_finding(rec, params.alpha))
 
     k_sanity = min(params.sanity_samples, n)
-    sanity, sanity_maps = _sanity(
-        model,
-        methods,
-        config,
-        params,
-        kept_x[:k_sanity],
-        kept_t[:k_sanity],
-        {name: m[:k_sanity] for name, m in abs_maps.items()},
-    )
+    sanity_note = sanity_skip_reason(model)
+    sanity: list[dict[str, Any]] = []
+    sanity_maps: dict[str, list[tuple[str, Tensor]]] = {}
+    if sanity_note is None:
+        sanity, sanity_maps = _sanity(
+            model,
+            methods,
+            config,
+            params,
+            kept_x[:k_sanity],
+            kept_t[:k_sanity],
+            {name: m[:k_sanity] for name, m in abs_maps.items()},
+        )
+    else:
+        findings.append(_sanity_skipped_finding(sanity_note, params.sanity_max_spearman))
     for name in methods:
         final = [r for r in sanity if r["method"] == name and r["all_randomized"]]
         if final:
@@ -586,6 +661,8 @@ def run(
         artifacts=artifacts,
         params={
             **params.model_dump(exclude={"progress"}),
+            "methods": [r["method"] for r in status],  # the mode's defaults when not given
+            "sanity_note": sanity_note,
             "n": n,
             "blur_sigma_px": params.blur_sigma
             if params.blur_sigma is not None
@@ -679,6 +756,18 @@ def _sanity_finding(rec: dict[str, Any], threshold: float) -> Finding:
     )
 
 
+def _sanity_skipped_finding(note: str, threshold: float) -> Finding:
+    return Finding(
+        id="explanations.sanity",
+        severity="warn",
+        metric="spearman",
+        value=None,
+        threshold=threshold,
+        message=f"{note}; whether the maps depend on what the model learned is untested "
+        "(give the network, a factory + weights or a white-box ONNX, to test it)",
+    )
+
+
 def _delta_finding(rows: list[dict[str, Any]], params: ExplainParams) -> Finding:
     tol = params.ig_delta_tolerance
     over = [r for r in rows if r["relative_delta"] is None or r["relative_delta"] > tol]
@@ -730,14 +819,15 @@ def _write_figures(
         )
         write_atomic(out / "explanations_grid.png", grid)
         artifacts.append("explanations_grid.png")
-    png = plots.sanity_figure(
-        kept_x[0].cpu(),
-        sanity_maps,
-        "cascading randomization (Adebayo et al. 2018): maps as layers are re-initialized "
-        "from the top down",
-    )
-    write_atomic(out / "sanity_cascade.png", png)
-    artifacts.append("sanity_cascade.png")
+    if sanity_maps:  # empty when the randomization test could not run
+        png = plots.sanity_figure(
+            kept_x[0].cpu(),
+            sanity_maps,
+            "cascading randomization (Adebayo et al. 2018): maps as layers are re-initialized "
+            "from the top down",
+        )
+        write_atomic(out / "sanity_cascade.png", png)
+        artifacts.append("sanity_cascade.png")
     for column in group_cols:
         rows = [r for r in group_records if r["attribute"] == column and r["n"]]
         values: list[tuple[str, int]] = [("all", len(data))]

@@ -49,12 +49,14 @@ def explain_cmd(
     data_spec: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="folder for result.json and the PNG figures")],
     methods: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--methods",
-            help="comma-separated: integrated-gradients, saliency, gradcam, smoothgrad, occlusion",
+            help="comma-separated: integrated-gradients, saliency, gradcam, smoothgrad, "
+            "occlusion, feature-ablation, kernelshap (default: the first five for a white-box "
+            "model; occlusion, feature-ablation, kernelshap for a black-box one)",
         ),
-    ] = "integrated-gradients,saliency,gradcam,smoothgrad,occlusion",
+    ] = None,
     n_samples: Annotated[
         int, typer.Option("--n-samples", help="images to explain (seeded, stratified by label)")
     ] = 16,
@@ -65,11 +67,26 @@ def explain_cmd(
         ),
     ] = None,
     baseline: Annotated[
-        str, typer.Option("--baseline", help="IG/occlusion reference image: black, blur or uniform")
+        str,
+        typer.Option(
+            "--baseline",
+            help="IG/occlusion/ablation/KernelSHAP reference image: black, blur or uniform",
+        ),
     ] = "black",
     n_steps: Annotated[
         int, typer.Option("--n-steps", help="Integrated Gradients quadrature points")
     ] = 50,
+    patch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--patch-size",
+            help="feature-ablation/KernelSHAP superpixel side in px (default min(H,W)/8)",
+        ),
+    ] = None,
+    kernelshap_samples: Annotated[
+        int,
+        typer.Option("--kernelshap-samples", help="KernelSHAP coalitions per image (seeded)"),
+    ] = 256,
     target: Annotated[
         str, typer.Option("--target", help="class to explain: predicted or label")
     ] = "predicted",
@@ -117,11 +134,13 @@ def explain_cmd(
 
     params = make_params(
         explanations.ExplainParams,
-        methods=list(parse_names(methods) or []),
+        methods=None if methods is None else list(parse_names(methods) or []),
         n_samples=n_samples,
         layer=layer,
         baseline=baseline,
         n_steps=n_steps,
+        patch_size=patch_size,
+        kernelshap_samples=kernelshap_samples,
         target=target,
         sanity_samples=sanity_samples,
         sanity_layers=sanity_layers,
@@ -156,6 +175,11 @@ def print_explanations(result: Any) -> None:
         f"explained {m['n']} images{synthetic}; target = {p['target']} class; "
         f"IG n_steps={p['n_steps']}, baseline={p['baseline']}"
     )
+    if result.mode == "black-box":
+        typer.echo(
+            "black-box model (queries only): forward-pass methods "
+            f"{', '.join(p['methods'])}; no input gradients, no weights"
+        )
     for rec in m["methods"]:
         if rec["status"] == "skipped":
             typer.echo(f"note: {rec['note']}")
@@ -174,10 +198,17 @@ def print_explanations(result: Any) -> None:
             ],
         )
     )
-    typer.echo("\nsanity (Spearman vs the trained model's maps, layers re-initialized top down):")
-    typer.echo(
-        format_table(m["sanity"], ["method", "layer", "layers_randomized", "spearman", "passed"])
-    )
+    if p.get("sanity_note"):
+        typer.echo(f"\nsanity: {p['sanity_note']}")
+    else:
+        typer.echo(
+            "\nsanity (Spearman vs the trained model's maps, layers re-initialized top down):"
+        )
+        typer.echo(
+            format_table(
+                m["sanity"], ["method", "layer", "layers_randomized", "spearman", "passed"]
+            )
+        )
     if m["agreement"]:
         typer.echo("\nagreement between methods (mean Spearman of |maps|):")
         typer.echo(format_table(m["agreement"], ["method_a", "method_b", "spearman"]))

@@ -22,7 +22,7 @@ from raigate._io import write_atomic
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
 from raigate.labels import data_to_model_index
-from raigate.models.base import Model, module_tensors, state_digest
+from raigate.models.base import Model, module_tensors, require_white_box, state_digest
 from raigate.models.loaders import ModelSpecFile, write_model_spec
 from raigate.models.weights import save_safetensors
 from raigate.results import dumps
@@ -102,6 +102,7 @@ def harden_smoothing(
     from raigate.audit.evaluate import prepare
     from raigate.defenses.smoothing import train_noise
 
+    require_white_box(model, "noise training for smoothing")
     factory, kwargs = _factory_of(model)
     start = time.perf_counter()
     trained = copy.deepcopy(model)

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
-from raigate.models.base import Capabilities, Model
+from raigate.models.base import Capabilities, Model, require_white_box
 from raigate.stats import clopper_pearson
 from raigate.training import Augment, FitReport, fit
 
@@ -289,6 +289,7 @@ def train_noise(
     recipe): smoothing a model that never saw noise mostly abstains, because its base
     predictions under noise are near chance. ``data`` labels must be in the model's class
     order (see :func:`raigate.defenses.harden.harden_smoothing`, which aligns them)."""
+    require_white_box(model, "noise training for smoothing")
     if not (math.isfinite(sigma) and sigma > 0):
         raise ConfigError(f"--sigma must be > 0, got {sigma}")
     if epochs < 1:

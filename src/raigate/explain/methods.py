@@ -19,6 +19,16 @@ Built-in methods (``METHODS``):
   noisy copies (Gaussian, std ``smoothgrad_stdev`` in pixel units).
 * ``occlusion``: Zeiler & Fergus 2014, drop in the target logit when a square window is
   replaced by the baseline image, averaged over the windows covering each pixel.
+* ``feature-ablation``: the drop in the target logit when one square patch of a fixed grid
+  (a feature mask of ``patch_size`` superpixels, all channels) is set to the baseline image;
+  every pixel of the patch carries the patch's drop.
+* ``kernelshap``: Lundberg & Lee 2017, Shapley values of the same patches estimated from
+  ``kernelshap_samples`` seeded coalitions (weighted linear regression, Captum's KernelShap).
+
+The last three query the model's forward pass only (``needs_gradients = False``), so they
+also explain a black-box model (an ONNX session, a served predictor); their cost is bounded
+by the number of windows or patches (about 64-225 forward passes per image at any size)
+and by ``kernelshap_samples``.
 
 >>> import torch
 >>> from raigate import wrap
@@ -50,8 +60,10 @@ __all__ = [
     "METHODS",
     "AttributionConfig",
     "Baseline",
+    "FeatureAblationMethod",
     "GradCamMethod",
     "IntegratedGradientsMethod",
+    "KernelShapMethod",
     "Method",
     "OcclusionMethod",
     "SaliencyMethod",
@@ -59,6 +71,7 @@ __all__ = [
     "gaussian_blur",
     "get_method",
     "make_baseline",
+    "patch_mask",
     "register_method",
     "seeded",
 ]
@@ -73,7 +86,9 @@ class AttributionConfig:
     ``blur_sigma`` ``None`` means ``max(H, W) / 16`` pixels (2 px at 32x32, 14 px at 224);
     ``occlusion_window`` ``None`` means ``round(min(H, W) / 8)`` (4 px at 32, 28 at 224) and
     ``occlusion_stride`` ``None`` half the window, so every image costs about 225 occluded
-    forward passes whatever its size.
+    forward passes whatever its size. ``patch_size`` ``None`` means ``round(min(H, W) / 8)``
+    too: the feature-ablation and KernelSHAP superpixels form a grid of about 8 x 8 patches.
+    ``kernelshap_samples``: coalitions KernelSHAP evaluates per image (one forward each).
     """
 
     baseline: Baseline = "black"
@@ -84,6 +99,8 @@ class AttributionConfig:
     smoothgrad_stdev: float = 0.15
     occlusion_window: int | None = None
     occlusion_stride: int | None = None
+    patch_size: int | None = None
+    kernelshap_samples: int = 256
     blur_sigma: float | None = None
     seed: int = 0
 
@@ -137,8 +154,10 @@ def _blur(x: Tensor, config: AttributionConfig) -> Tensor:
 
 
 def _uniform(x: Tensor, config: AttributionConfig) -> Tensor:
+    # one noise image for every sample: a map then does not depend on the chunk it was in
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
-    return torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    noise = torch.rand(x.shape[1:], generator=gen, dtype=x.dtype).to(x.device)
+    return noise.expand_as(x).clone()
 
 
 BASELINES: dict[str, Callable[[Tensor, AttributionConfig], Tensor]] = {
@@ -148,7 +167,8 @@ BASELINES: dict[str, Callable[[Tensor, AttributionConfig], Tensor]] = {
 }
 """The reference image an attribution is measured against (Sturmfels et al. 2020,
 "Visualizing the Impact of Feature Attribution Baselines"): ``black`` all zeros, ``blur``
-the image blurred with ``blur_sigma``, ``uniform`` U(0, 1) noise drawn with ``seed``."""
+the image blurred with ``blur_sigma``, ``uniform`` one U(0, 1) noise image drawn with
+``seed``, the same for every sample."""
 
 
 def make_baseline(x: Tensor, config: AttributionConfig) -> Tensor:
@@ -338,6 +358,103 @@ class OcclusionMethod(Method):
         return attr, None
 
 
+def patch_side(config: AttributionConfig, hw: tuple[int, int]) -> int:
+    """Side of the square superpixels, in pixels, for an image of size ``hw``."""
+    size = config.patch_size or max(1, round(min(hw) / 8))
+    return min(size, *hw)
+
+
+def patch_mask(hw: tuple[int, int], size: int, device: torch.device | str = "cpu") -> Tensor:
+    """Captum feature mask ``[1, 1, H, W]``: patch ids ``0..P-1`` of a grid of ``size`` x
+    ``size`` squares in row-major order (the last row and column may be narrower), shared
+    by all channels and all images of a batch."""
+    h, w = hw
+    rows = torch.arange(h, device=device) // size
+    cols = torch.arange(w, device=device) // size
+    per_row = -(-w // size)  # ceil: a narrower last column still gets its own id
+    return (rows.view(h, 1) * per_row + cols.view(1, w)).view(1, 1, h, w)
+
+
+class FeatureAblationMethod(Method):
+    """Feature ablation over superpixels (Captum's ``FeatureAblation`` with a patch feature
+    mask): the drop of the target logit when one ``patch_size`` x ``patch_size`` patch, all
+    channels, is replaced by the baseline image; every pixel of a patch gets its drop. For a
+    linear model that is ``w . (x - baseline)`` summed over the patch."""
+
+    name = "feature-ablation"
+    summary = "superpixel (square patch) ablation to the baseline, forward passes only"
+    needs_gradients = False
+
+    def details(self, model: Model, config: AttributionConfig) -> dict[str, Any]:
+        size = patch_side(config, model.input_shape[1:])  # type: ignore[arg-type]
+        return {"baseline": config.baseline, "patch_size": size}
+
+    def compute(
+        self, model: Model, x: Tensor, target: Tensor, config: AttributionConfig
+    ) -> tuple[Tensor, Tensor | None]:
+        from captum.attr import FeatureAblation
+
+        hw = (x.shape[2], x.shape[3])
+        attr = FeatureAblation(model).attribute(
+            x,
+            baselines=make_baseline(x, config),
+            target=target,
+            feature_mask=patch_mask(hw, patch_side(config, hw), x.device),
+            perturbations_per_eval=_rows_per_sample(config, x.shape[0]),
+        )
+        return attr, None
+
+
+class KernelShapMethod(Method):
+    """KernelSHAP (Lundberg & Lee 2017, via Captum) over the same superpixels as
+    ``feature-ablation``: ``kernelshap_samples`` coalitions of patches (the all-on and
+    all-off ones first, then drawn from the Shapley kernel under ``seed``) are evaluated
+    with the patches outside the coalition set to the baseline image, and a linear
+    regression of the target logit on the coalitions gives each patch's Shapley value
+    estimate. Each image gets its own regression and the same seeded draws; forward passes
+    only."""
+
+    name = "kernelshap"
+    summary = "KernelSHAP over square patches (Lundberg & Lee 2017), forward passes only"
+    needs_gradients = False
+
+    def details(self, model: Model, config: AttributionConfig) -> dict[str, Any]:
+        size = patch_side(config, model.input_shape[1:])  # type: ignore[arg-type]
+        return {
+            "baseline": config.baseline,
+            "patch_size": size,
+            "n_samples": config.kernelshap_samples,
+            "seed": config.seed,
+        }
+
+    def compute(
+        self, model: Model, x: Tensor, target: Tensor, config: AttributionConfig
+    ) -> tuple[Tensor, Tensor | None]:
+        from captum.attr import KernelShap
+
+        hw = (x.shape[2], x.shape[3])
+        mask = patch_mask(hw, patch_side(config, hw), x.device)
+        baseline = make_baseline(x, config)
+        per_eval = max(1, min(config.batch_size, config.kernelshap_samples))
+        maps = []
+        # Captum draws the coalitions from torch's global RNG. Seeding per image gives every
+        # image the same coalitions wherever it sits in a batch, so a map does not depend
+        # on the chunking, and max-sensitivity compares x and x + d under the same draws.
+        for i in range(x.shape[0]):
+            with seeded(config.seed, x.device):
+                maps.append(
+                    KernelShap(model).attribute(
+                        x[i : i + 1],
+                        baselines=baseline[i : i + 1],
+                        target=target[i : i + 1],
+                        feature_mask=mask,
+                        n_samples=config.kernelshap_samples,
+                        perturbations_per_eval=per_eval,
+                    )
+                )
+        return torch.cat(maps), None
+
+
 def _is_patch_embedding(conv: nn.Conv2d) -> bool:
     """A non-overlapping patchify convolution (ViT-style: kernel == stride > 1): its output
     becomes a token sequence, not a spatial map the classifier pools."""
@@ -454,6 +571,8 @@ METHODS: dict[str, Method] = {
         GradCamMethod(),
         SmoothGradMethod(),
         OcclusionMethod(),
+        FeatureAblationMethod(),
+        KernelShapMethod(),
     )
 }
 """Registered attribution methods by name, in the order reports list them."""

@@ -282,3 +282,24 @@ def wrap(
     if not isinstance(module, nn.Module):
         raise ConfigError(f"wrap() needs a torch.nn.Module, got {type(module).__name__}")
     return Model(module, class_names=class_names, input_shape=input_shape, mean=mean, std=std)
+
+
+def require_white_box(model: nn.Module, what: str) -> None:
+    """ConfigError (one line) when ``model`` can only be queried: a black-box
+    :class:`Model` (no gradients, e.g. an ONNX session or a served predictor) or a bare
+    :class:`~raigate.models.blackbox.QueryNet`. ``what`` names the step that needs the
+    network's weights, e.g. ``"DP-SGD retraining"``; checks that only query run anyway."""
+    from raigate.models.blackbox import QueryNet
+
+    if isinstance(model, Model):
+        if model.mode == "white-box" and not isinstance(model.net, QueryNet):
+            return
+        name = model.display_name
+    elif isinstance(model, QueryNet):
+        name = model.name
+    else:
+        return
+    raise ConfigError(
+        f"{name} is black-box (queries only); {what} needs the network: give a factory + "
+        "weights or a white-box ONNX"
+    )

@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from raigate._io import write_atomic
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError, DataError, MissingDependencyError
-from raigate.models.base import Model, Normalize
+from raigate.models.base import Model, Normalize, require_white_box
 from raigate.privacy.canaries import CanaryAudit, CanaryPlan, audit_canaries, plan_canaries
 from raigate.privacy.fold import BatchNormAction, batchnorm_layers, rebuild
 from raigate.privacy.grad_sample import (
@@ -90,6 +90,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
 SPEC_FACTORY = "raigate.privacy.fold:private_net"
+
+RETRAIN = "DP-SGD retraining"
+"""What a black-box model is refused for (see :func:`~raigate.models.base.require_white_box`)."""
 
 __all__ = [
     "DPParams",
@@ -212,6 +215,8 @@ def _source(
     from raigate.models.loaders import ModelSpecFile
     from raigate.models.weights import apply_state_dict, load_state_dict_file
 
+    if isinstance(model, nn.Module):  # a black-box Model or a bare QueryNet has no weights
+        require_white_box(model, RETRAIN)
     shape = tuple(int(v) for v in data.shape)
     if isinstance(model, str):
         spec = model.strip()
@@ -221,6 +226,7 @@ def _source(
             loaded = load_model(
                 spec, weights=weights, data=data, trust_code=trust_code, random_init=True
             )
+            require_white_box(loaded, RETRAIN)
             doc = ModelSpecFile.model_validate_json(Path(spec).read_text(encoding="utf-8"))
             m, s = _norm_values(loaded)
             return _Source(
