@@ -49,6 +49,12 @@ def _dp_step() -> list[Benchmark]:
     return dp_step.build()
 
 
+def _onnx_forward() -> list[Benchmark]:
+    import onnx_forward
+
+    return onnx_forward.build()
+
+
 # name -> builder; a builder returns one or more benchmarks (e.g. one per network)
 BENCHMARKS: dict[str, Callable[[], list[Benchmark]]] = {
     "adapter_forward": _adapter_forward,
@@ -56,6 +62,7 @@ BENCHMARKS: dict[str, Callable[[], list[Benchmark]]] = {
     "explain_ig": _explain_ig,
     "robustness": _robustness,
     "dp_step": _dp_step,
+    "onnx_forward": _onnx_forward,
 }
 
 
