@@ -206,3 +206,57 @@ def test_pyfn_needs_trust_and_is_black_box(trained: Any, data: Any, cwd: Path) -
     assert result.metric("accuracy") == pytest.approx(
         evaluate(trained, data).metric("accuracy"), abs=2 / len(data)
     )  # uint8 quantization may flip a borderline image or two
+
+
+# -- white-box: the torch conversion ----------------------------------------------------------
+def test_white_box_equals_the_source_model(trained: Any, data: Any, tmp_path: Path) -> None:
+    """The issue's bar: identical clean accuracy and identical FGSM accuracy."""
+    from raigate.audit import robustness
+
+    path = export(_Normalized(trained), tmp_path / "m.onnx")
+    model = raigate.load_model(f"onnx:{path}", data=data)  # auto: converts, checks, white-box
+    assert model.mode == "white-box" and model.capabilities.gradients
+    conv = model.details["conversion"]
+    assert conv["converted"] and conv["max_abs_difference"] <= conv["tolerance"]
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    model.logits(x).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    params = robustness.RobustnessParams(attacks=["fgsm"], eps=[2 / 255, 8 / 255], certify=False,
+                                         large_eps_check=False, progress=False)  # fmt: skip
+    ours = robustness.run(model, data, params)
+    theirs = robustness.run(trained, data, params)
+    assert ours.mode == "white-box"
+    acc = {(r["attack"], r["eps"]): r["accuracy"] for r in ours.metrics["attacks"]}
+    ref = {(r["attack"], r["eps"]): r["accuracy"] for r in theirs.metrics["attacks"]}
+    assert acc == ref
+    assert evaluate(model, data).metric("accuracy") == evaluate(trained, data).metric("accuracy")
+
+
+def _with_unsupported_op(src: Path, dst: Path) -> Path:
+    """The exported graph with its logits passed through LpNormalization (onnxruntime runs it,
+    raigate's converter does not know it)."""
+    proto = onnx.load(str(src))
+    out = proto.graph.output[0]
+    inner = out.name + "_raw"
+    for node in proto.graph.node:
+        node.output[:] = [inner if o == out.name else o for o in node.output]
+    proto.graph.node.append(helper.make_node("LpNormalization", [inner], [out.name], axis=1))
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def test_unsupported_op_white_box_exits_2_auto_falls_back(
+    trained: Any, data: Any, tmp_path: Path
+) -> None:
+    path = _with_unsupported_op(export(_Normalized(trained), tmp_path / "m.onnx"),
+                                tmp_path / "lp.onnx")  # fmt: skip
+    code, out = invoke("models", "inspect", f"onnx:{path}", "--class-names", "f,m",
+                       "--mode", "white-box")  # fmt: skip
+    assert_user_error(code, out, "LpNormalization", "--mode black-box")
+    code, out = invoke("models", "inspect", f"onnx:{path}", "--class-names", "f,m")
+    assert code == 0, out
+    assert "black-box, queries only (ONNX graph uses ops raigate cannot convert" in out
+    assert "mode         black-box" in out
+    model = raigate.load_model(f"onnx:{path}", data=data)
+    assert model.mode == "black-box"
+    assert not model.details["conversion"]["converted"]
