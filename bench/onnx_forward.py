@@ -4,7 +4,7 @@ A ResNet-20 (the public CIFAR-10 weights when ``../shared/data`` has them, else 
 weights: the cost is the same) is exported with ``torch.onnx.export`` and loaded as
 ``onnx:FILE`` twice: black-box (raigate's ``Model.logits`` -> QueryNet -> onnxruntime) and
 white-box (the torch conversion). The reference is the bare onnxruntime session doing the
-same normalization in numpy, on the same number of threads. Goal: the black-box adapter
+same normalization in numpy, with the same session options (threads, no spinning). Goal: the black-box adapter
 costs at most 5% over it (``ratio <= 1.05``).
 """
 
@@ -56,6 +56,7 @@ def build(batch: int = 256) -> list[Benchmark]:
     white = load_model(f"onnx:{path}", mode="white-box", **common)  # type: ignore[arg-type]
     so = ort.SessionOptions()
     so.intra_op_num_threads = max(1, torch.get_num_threads())
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as raigate's session
     session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     torch.manual_seed(0)
     x = torch.rand(batch, 3, 32, 32)

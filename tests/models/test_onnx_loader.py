@@ -18,10 +18,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from cli_helpers import assert_user_error, invoke
 from onnx import TensorProto, helper
 
 import raigate
+from cli_helpers import assert_user_error, invoke
 from raigate.errors import ConfigError, ModelLoadError, SpecError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

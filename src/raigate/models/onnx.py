@@ -183,6 +183,9 @@ def _session(p: Path) -> Any:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = max(1, torch.get_num_threads())
+    # Idle worker threads would spin and steal the cores torch needs between queries (an
+    # attack's update step, the next batch's decoding): measured 1.4x slower interleaved.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(p), sess_options=so, providers=onnx_providers())
     except Exception as e:
