@@ -7,6 +7,13 @@
   ``certify_art[NET]``: ART's ``PyTorchRandomizedSmoothing.certify`` (``sample_size`` = n0)
   vs the same raw reference, in a benchmark of its own (ART's large allocations slow
   whatever runs right after them in a round).
+* ``square[small_cnn]`` (benchmark ``square_attack``): our Square Attack (L-inf, native
+  torch, one query per candidate) vs ART's ``SquareAttack`` at the same number of
+  candidates (ART's ``max_iter`` = budget - 2) vs the raw batched forward passes those
+  candidates need (the reference). Items are candidate evaluations (our queries); ε is
+  small enough that no image is fooled, so every image spends the whole budget in both
+  (checked before timing). ART evaluates three batches per iteration, so its queries are
+  about three times the items.
 * Peak memory of CERTIFY at n = 100,000 on one 3x32x32 image, ours (also at n = 10,000, to
   show it does not grow with n) vs ART, each measured in a fresh subprocess as the peak
   resident set during the call minus the resident set just before it (model built, a
@@ -30,7 +37,7 @@ import torch.nn.functional as F
 
 from harness import Benchmark, Case, peak_rss_growth_kib
 from raigate import wrap
-from raigate.attacks import fgsm, to_art_classifier
+from raigate.attacks import fgsm, square_attack, to_art_classifier
 from raigate.defenses import SmoothedClassifier
 from raigate.zoo import resnet20, small_cnn
 
@@ -86,6 +93,58 @@ def _fgsm_bench(batch: int = 128, eps: float = 8 / 255) -> Benchmark:
         rounds=11,
         warmup=2,
         params={"batch": batch, "eps": eps, "threads": torch.get_num_threads()},
+    )
+
+
+def _square_bench(batch: int = 64, budget: int = 100, eps: float = 0.25 / 255) -> Benchmark:
+    from art.attacks.evasion import SquareAttack
+
+    model = _model(small_cnn)
+    net, norm = model.net, model.normalize
+    torch.manual_seed(3)
+    x = torch.rand(batch, 3, 32, 32)
+    y = model.predict(x)
+    res = square_attack(model, x, y, eps=eps, query_budget=budget)
+    if int(res.queries.min()) != budget:
+        raise RuntimeError("an image was fooled: the cases would not do the same work")
+    art = SquareAttack(
+        to_art_classifier(model), norm=np.inf, eps=eps, max_iter=budget - 2, p_init=0.05,
+        batch_size=batch, verbose=False,
+    )  # fmt: skip
+    x_np, y_np = x.numpy(), np.eye(10, dtype=np.float32)[y.numpy()]
+
+    @torch.inference_mode()
+    def raw() -> None:
+        for _ in range(budget):
+            net(norm(x)).argmax(1)
+
+    def ours() -> None:
+        square_attack(model, x, y, eps=eps, query_budget=budget)
+
+    def art_square() -> None:
+        np.random.seed(0)
+        art.generate(x_np, y=y_np)
+
+    return Benchmark(
+        name="square[small_cnn]",
+        description=f"L-inf Square Attack eps=0.25/255, {budget} queries x {batch} images "
+        "(no image fooled), items = candidate evaluations, CPU",
+        reference="raw torch: budget batched forward passes",
+        cases=[
+            Case("raw torch: budget batched forward passes", raw),
+            Case("raigate attacks.square_attack", ours),
+            Case("ART SquareAttack.generate", art_square),
+        ],
+        items=batch * budget,
+        rounds=5,
+        warmup=1,
+        params={
+            "batch": batch,
+            "query_budget": budget,
+            "eps": eps,
+            "art_max_iter": budget - 2,
+            "threads": torch.get_num_threads(),
+        },
     )
 
 
@@ -190,6 +249,11 @@ def build() -> list[Benchmark]:
     small[0].params["peak_memory_n100000"] = _peaks()
     resnet = _certify_bench("resnet20", resnet20, n=2_000, n0=100, batch=500, rounds=5)
     return [_fgsm_bench(), *small, *resnet]
+
+
+def build_square() -> list[Benchmark]:
+    """``python bench/run.py square_attack``: the Square Attack case alone."""
+    return [_square_bench()]
 
 
 if __name__ == "__main__":

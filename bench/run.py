@@ -43,6 +43,12 @@ def _robustness() -> list[Benchmark]:
     return robustness.build()
 
 
+def _square_attack() -> list[Benchmark]:
+    import robustness
+
+    return robustness.build_square()
+
+
 def _dp_step() -> list[Benchmark]:
     import dp_step
 
@@ -61,6 +67,7 @@ BENCHMARKS: dict[str, Callable[[], list[Benchmark]]] = {
     "fairness_bootstrap": _fairness_bootstrap,
     "explain_ig": _explain_ig,
     "robustness": _robustness,
+    "square_attack": _square_attack,
     "dp_step": _dp_step,
     "onnx_forward": _onnx_forward,
 }

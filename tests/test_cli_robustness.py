@@ -209,6 +209,18 @@ def test_smoothing_model_must_match_classes(hardened: Path, tmp_path: Path) -> N
             ["radius 1 cannot be certified with certify_n=100", "largest certifiable radius"],
         ),
         (["--gate-alpha", "0"], ["--gate-alpha", "greater than 0"]),
+        (["--attacks", "square", "--query-budget", "1"], ["--query-budget", "greater than or"]),
+        (
+            [
+                "--attacks",
+                "square",
+                "--smoothing-sigma",
+                "0.25",
+                "--min-robust-accuracy",
+                "smoothed:square:linf:8/255=0.5",
+            ],
+            ["square attacks the base model only"],
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -239,6 +251,23 @@ def test_harden_bad_inputs(tmp_path: Path) -> None:
         *base, "--limit", "4", "--sigma", "0.5", "--epochs", "0", "--out", str(tmp_path)
     )
     assert_user_error(code, out, "--epochs must be >= 1")
+
+
+def test_query_attacks_print_and_record_their_queries(hardened: Path, tmp_path: Path) -> None:
+    code, text = invoke(
+        "robustness", "--model", str(hardened), "--data", "demo:test", "--sample", "8",
+        "--eps", "4/255,16/255", "--attacks", "hsj,square", "--query-budget", "40",
+        "--device", "cpu", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, text
+    assert "images, square/hsj at most 40 queries per image, Wilson 95% CI:" in text
+    assert "queries_mean  queries_max" in text and "PGD" not in text
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert doc["mode"] == "white-box" and doc["params"]["attacks"] == ["square", "hsj"]
+    rows = [r for r in doc["metrics"]["attacks"] if r["attack"] != "clean"]
+    assert {(r["attack"], r["query_budget"]) for r in rows} == {("square", 40), ("hsj", 40)}
+    assert all(1 <= r["queries_mean"] <= r["queries_max"] <= 40 for r in rows)
+    assert "upper bound on robust accuracy at 40 queries" in text  # the query findings
 
 
 def _plan(tmp_path: Path, model: Path, checks: str) -> Path:

@@ -43,3 +43,37 @@ def test_fgsm_equals_art_and_pgd_dominates_on_resnet20(shared_data_dir: Path) ->
     assert not (ok_pgd & ~ok_fgsm).any()
     # a real, undefended model: 2/255 already costs most of its accuracy
     assert int(ok_pgd.sum()) < int(ok_fgsm.sum()) < int(clean.sum())
+
+
+def test_square_attack_breaks_resnet20_on_queries_alone(shared_data_dir: Path) -> None:
+    """The query-only Square Attack on a real, undefended model through a QueryNet (no
+    gradients): 4/255 at 300 queries per image takes at least half of its accuracy, and
+    the predictor's own counter agrees with the queries the attack reports."""
+    from raigate.attacks import perturbation_norm, square_attack
+    from raigate.models.base import Capabilities, Model
+    from raigate.models.blackbox import QueryNet
+
+    weights = shared_data_dir / "weights" / "akamaster_resnet20-12fca82f.th"
+    images = shared_data_dir / "cifar10-test-jpg"
+    if not (weights.is_file() and images.is_dir()):
+        pytest.skip("CIFAR-10 JPEGs or ResNet-20 weights absent from the shared data")
+    data = raigate.load_data(f"folder:{images}", sample=24, seed=3)
+    model = raigate.load_model(
+        "raigate.zoo:resnet20", weights=weights, data=data, mean=MEAN, std=STD
+    )
+
+    def predict(a: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model.logits(torch.from_numpy(a)).numpy()
+
+    net = QueryNet(predict)
+    twin = Model(net, class_names=model.class_names, input_shape=model.input_shape,
+                 capabilities=Capabilities(gradients=False))  # fmt: skip
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    y = torch.as_tensor(data.labels)
+    res = square_attack(twin, x, y, eps=4 / 255, query_budget=300, seed=0)
+    clean = float((model.predict(x) == y).float().mean())
+    after = float((model.predict(res.x_adv) == y).float().mean())
+    assert after <= clean / 2, (clean, after)
+    assert int(res.queries.sum()) == net.queries and int(res.queries.max()) <= 300
+    assert float(perturbation_norm(res.x_adv, x, "linf").max()) <= 4 / 255 + 1e-6

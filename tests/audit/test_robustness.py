@@ -16,7 +16,8 @@ from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 
 import raigate
-from raigate.attacks import to_art_classifier
+from raigate import ConfigError
+from raigate.attacks import hop_skip_jump, square_attack, to_art_classifier
 from raigate.audit import CHECKS, evaluate, robustness
 from raigate.audit.robustness_gates import (
     NOT_GATED,
@@ -26,6 +27,8 @@ from raigate.audit.robustness_gates import (
     decide,
     detectable_shortfall,
 )
+from raigate.models.base import Capabilities, Model
+from raigate.models.blackbox import QueryNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -341,7 +344,12 @@ def test_rules_parse_both_forms_and_name_what_the_run_measures() -> None:
     cases = [
         ({R: ["pgd:linf:0.0314=0.4"]}, "eps 0.0314 is not measured (eps: 8/255)"),
         ({R: ["pgd:l2:8/255=0.4"]}, "norm l2 is not run (norms: linf)"),
-        ({R: ["cw:linf:8/255=0.4"]}, "attack cw is not run (attacks: fgsm, pgd)"),
+        ({R: ["cw:linf:8/255=0.4"], "attacks": ["pgd", "fgsm"]},
+         "attack cw is not run (attacks: fgsm, pgd)"),
+        # no attacks given: either mode's default may run, so rules may name any of them
+        ({R: ["cw:linf:8/255=0.4"]}, "attack cw is not run (attacks: fgsm, pgd, square)"),
+        ({R: ["smoothed:square:linf:8/255=0.4"], "smoothing_sigma": 0.12},
+         "square attacks the base model only"),
         ({R: ["smoothed:pgd:linf:8/255=0.4"]}, "without smoothing_sigma"),
         ({R: ["pgd:linf:8/255=0.4", "pgd:linf:8/255=0.5"]}, "given twice"),
         ({R: ["pgd:linf:8/255=1.2"]}, "less than or equal to 1"),
@@ -357,3 +365,175 @@ def test_rules_parse_both_forms_and_name_what_the_run_measures() -> None:
     for kwargs, needle in cases:
         with pytest.raises(ValidationError, match=re.escape(needle)):
             robustness.RobustnessParams(eps=[8 / 255], **kwargs)
+
+
+# -- black-box models and query attacks ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def black_box(trained: raigate.Model) -> tuple[raigate.Model, QueryNet]:
+    """The trained CNN behind a predictor that only answers queries (a QueryNet), so every
+    number must equal the white-box model's where both can be computed."""
+
+    def predict(a: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return trained.logits(torch.from_numpy(a)).numpy()
+
+    net = QueryNet(predict)
+    twin = Model(
+        net,
+        class_names=trained.class_names,
+        input_shape=trained.input_shape,
+        capabilities=Capabilities(gradients=False),
+    )
+    return twin, net
+
+
+def _images(data: raigate.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([data[i][0] for i in range(len(data))]), torch.as_tensor(data.labels)
+
+
+def test_black_box_model_gets_square_its_queries_and_a_gate(
+    trained: raigate.Model, test_data: raigate.Dataset, black_box: tuple
+) -> None:
+    twin, _ = black_box
+    params = robustness.RobustnessParams(
+        eps=[8 / 255, 32 / 255], query_budget=100, progress=False,
+        min_robust_accuracy=["square:linf:32/255=0.5"],
+    )  # fmt: skip
+    res = robustness.run(twin, test_data, params)
+    assert res.mode == "black-box" and res.params["mode"] == "black-box"
+    assert res.params["attacks"] == ["square"] and res.params["query_budget"] == 100
+    assert set(res.params["skipped"]) == {
+        "large_eps_check", "masking.single_step", "masking.black_box",
+    }  # fmt: skip
+    defs = res.params["definitions"]
+    assert "upper bound on robust accuracy at 100 queries per image" in defs["square"]
+    assert "fgsm" not in defs and defs["large_eps_check"].startswith("skipped: ")
+    assert res.metrics["large_eps_check"] == []
+
+    # the rows equal Square run directly on the white-box model (same batch, same seed)
+    x, y = _images(test_data)
+    rows = res.table("attacks").set_index("attack", drop=False)
+    square = rows[rows["attack"] == "square"].set_index("eps")
+    for eps in (8 / 255, 32 / 255):
+        direct = square_attack(trained, x, y, eps=eps, query_budget=100, seed=0)
+        row = square.loc[eps]
+        assert row["accuracy"] == pytest.approx(
+            float((trained.predict(direct.x_adv) == y).mean(dtype=torch.float64))
+        )
+        assert row["queries_mean"] == pytest.approx(direct.mean_queries, abs=1e-3)
+        assert row["queries_max"] == direct.max_queries <= row["query_budget"] == 100
+        assert row["max_perturbation"] <= eps + 1e-6 and bool(row["black_box"])
+    clean = rows.loc["clean", "accuracy"]
+    assert (square["accuracy"] <= clean).all()
+
+    # the gate and the query finding call the accuracy an upper bound at 100 queries
+    found = {f.id: f for f in res.findings}
+    gate = found["robustness.min_robust_accuracy[square:linf:32/255]"]
+    k, n = int(square.loc[32 / 255, "correct"]), int(square.loc[32 / 255, "n"])
+    lo, hi = proportion_confint(k, n, alpha=0.05, method="beta")
+    assert gate.severity == ("fail" if hi < 0.5 else "pass" if lo >= 0.5 else "warn")
+    assert "an upper bound on robust accuracy at 100 queries" in gate.message
+    query = found["robustness.query_budget.square"]
+    assert "upper bound on robust accuracy at 100 queries" in query.message
+    assert query.value == square["queries_max"].max() and query.threshold == 100
+    masking = {i for i in found if i.startswith("robustness.masking.")}
+    assert masking == {"robustness.masking.monotone.base"}  # the gradient-free one only
+
+
+def test_black_box_model_refuses_gradient_attacks_in_one_line(
+    test_data: raigate.Dataset, black_box: tuple
+) -> None:
+    twin, net = black_box
+    before = net.queries
+    for attacks, bad in (
+        (["fgsm"], "fgsm"),
+        (["square", "pgd", "art:ProjectedGradientDescent"], "pgd, art:ProjectedGradientDescent"),
+    ):
+        params = robustness.RobustnessParams(attacks=attacks, eps=[8 / 255], progress=False)
+        with pytest.raises(ConfigError) as err:
+            robustness.run(twin, test_data, params)
+        msg = str(err.value)
+        assert "\n" not in msg and "is a black-box model (queries only, no gradients)" in msg
+        assert f": {bad} cannot attack it; attacks that only query it: square, hsj, art:" in msg
+    # a gate on a default that does not run on this model is refused the same way
+    params = robustness.RobustnessParams(
+        eps=[8 / 255], progress=False, min_robust_accuracy=["pgd:linf:8/255=0.5"]
+    )
+    with pytest.raises(ConfigError, match=r"attack pgd is not run \(attacks: square\)"):
+        robustness.run(twin, test_data, params)
+    with pytest.raises(ConfigError, match="fgsm cannot attack it"):
+        robustness.validate(
+            twin, test_data, robustness.RobustnessParams(attacks=["fgsm"], progress=False)
+        )
+    assert net.queries == before  # refused before any query
+
+
+def test_hsj_rows_respect_eps_and_equal_a_direct_run(
+    trained: raigate.Model, test_data: raigate.Dataset
+) -> None:
+    from raigate.data.base import select
+
+    eps = [4 / 255, 16 / 255, 64 / 255]
+    params = robustness.RobustnessParams(
+        attacks=["hsj", "pgd"], eps=eps, pgd_steps=3, query_budget=150, max_samples=16,
+        large_eps_check=False, progress=False,
+    )  # fmt: skip
+    res = robustness.run(trained, test_data, params)
+    assert res.mode == "white-box" and res.params["attacks"] == ["pgd", "hsj"]
+    rows = res.table("attacks")
+    hsj = rows[rows["attack"] == "hsj"].sort_values("eps")
+    clean = rows.loc[rows["attack"] == "clean", "accuracy"].item()
+    x, y = _images(select(test_data, sample=16, seed=0))
+    direct = hop_skip_jump(trained, x, y, norm="linf", query_budget=150, seed=0)
+    for _, row in hsj.iterrows():
+        broken = direct.success & (direct.distance <= row["eps"])
+        still = trained.predict(torch.where(broken.view(-1, 1, 1, 1), direct.x_adv, x)) == y
+        assert row["accuracy"] == pytest.approx(float(still.double().mean()))
+        assert 0 <= row["accuracy"] <= clean
+        assert row["max_perturbation"] <= row["eps"] + 1e-6
+        assert row["queries_max"] == direct.max_queries <= 150
+        assert row["queries_mean"] == pytest.approx(direct.mean_queries, abs=1e-3)
+    assert hsj["accuracy"].is_monotonic_decreasing  # one run, thresholded at each eps
+    assert "minimal perturbation" in res.params["definitions"]["hsj"]
+    ids = {f.id for f in res.findings}
+    assert {"robustness.masking.black_box.base", "robustness.query_budget.hsj"} <= ids
+
+
+def test_black_box_smoothing_still_predicts_and_certifies(
+    trained: raigate.Model, test_data: raigate.Dataset, black_box: tuple
+) -> None:
+    """No EOT attacks without gradients, but PREDICT and CERTIFY only query: the certificates
+    equal those of the white-box model's smoothed classifier on the same noise stream."""
+    from raigate.audit.robustness import stratified_positions
+    from raigate.data.base import select
+    from raigate.defenses import SmoothedClassifier
+
+    twin, _ = black_box
+    params = robustness.RobustnessParams(
+        eps=[8 / 255], query_budget=20, smoothing_sigma=0.12, predict_n=16, certify_n=100,
+        certify_n0=10, certify_max_samples=8, max_samples=16, progress=False,
+    )  # fmt: skip
+    res = robustness.run(twin, test_data, params)
+    rows = res.table("attacks")
+    assert set(zip(rows["model"], rows["attack"], strict=True)) == {
+        ("base", "clean"), ("base", "square"), ("smoothed", "clean"),
+    }  # fmt: skip
+    assert "smoothed_attacks" in res.params["skipped"]
+    assert "smoothed_attack" not in res.params["definitions"]
+
+    chosen = select(test_data, sample=16, seed=0)
+    x, y = _images(chosen)
+    sm = SmoothedClassifier(trained, 0.12, batch_size=1000, seed=0)
+    votes = sm.counts(x, 16)  # the smoothed clean row, drawn first from the same stream
+    smoothed_clean = rows[(rows["model"] == "smoothed") & (rows["attack"] == "clean")]
+    assert smoothed_clean["accuracy"].item() == pytest.approx(
+        float((votes.argmax(1) == y).double().mean())
+    )
+    pos = stratified_positions(chosen.labels, 8, 0)
+    cert = sm.certify(x[pos], 10, 100, 0.001)
+    ok = (cert.prediction == y[pos]).numpy()
+    for rec in res.metrics["certification"]:
+        expected = float((ok & (cert.radius.numpy() >= rec["radius"])).mean())
+        assert rec["certified_accuracy"] == pytest.approx(expected)

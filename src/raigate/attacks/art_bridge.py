@@ -5,7 +5,9 @@ bridge makes them available as ``art:NAME`` (e.g. ``art:SquareAttack``, a query-
 black-box attack, to check that white-box gradients are not masked). The ``Model`` already
 takes pixels in [0, 1] and normalizes inside, so ART sees a classifier on [0, 1]
 (``clip_values=(0, 1)``) with no preprocessing of its own: ε means the same thing to ART
-as to our native attacks.
+as to our native attacks. A black-box model (no input gradients: an ONNX session, a served
+predictor) becomes an ART classifier that can only predict, so an attack that would need
+gradients fails in ART's own words instead of deep inside autograd.
 
 ART is imported lazily, inside the functions, so ``import raigate`` stays fast.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,7 @@ from raigate.models.base import Model
 __all__ = [
     "BLACK_BOX_ATTACKS",
     "art_attack_names",
+    "black_box_classifier",
     "is_black_box",
     "make_art_attack",
     "parse_attack_params",
@@ -70,9 +74,37 @@ def is_black_box(name: str) -> bool:
     return name.removeprefix("art:") in BLACK_BOX_ATTACKS
 
 
+def black_box_classifier(
+    model: Model, predict: Callable[[np.ndarray], np.ndarray] | None = None
+) -> Any:
+    """An ART classifier that only predicts: ``predict`` (default: ``model``'s logits under
+    ``torch.no_grad``) maps a float32 batch in [0, 1] to scores ``[B, K]``. ART's
+    ``BlackBoxClassifierNeuralNetwork``, so score-based attacks that ask for a neural network
+    (SquareAttack) accept it, while gradient methods raise."""
+    try:
+        from art.estimators.classification import BlackBoxClassifierNeuralNetwork
+    except ImportError as e:  # pragma: no cover
+        raise MissingDependencyError("adversarial-robustness-toolbox", "ART attacks") from e
+
+    def logits(a: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.as_tensor(np.asarray(a, dtype=np.float32), device=model.device)
+            return model.logits(x).float().cpu().numpy()  # type: ignore[no-any-return]
+
+    return BlackBoxClassifierNeuralNetwork(
+        predict if predict is not None else logits,
+        input_shape=tuple(model.input_shape),
+        nb_classes=model.num_classes,
+        clip_values=(0.0, 1.0),
+    )
+
+
 def to_art_classifier(model: Model) -> Any:
     """ART's ``PyTorchClassifier`` around ``model``: inputs in [0, 1], cross-entropy loss,
-    the model's own device. The adapter does the normalization, so ART adds none."""
+    the model's own device. The adapter does the normalization, so ART adds none. A
+    black-box model gets :func:`black_box_classifier` instead."""
+    if not model.capabilities.gradients:
+        return black_box_classifier(model)
     try:
         from art.estimators.classification import PyTorchClassifier
     except ImportError as e:  # pragma: no cover
@@ -170,6 +202,11 @@ def make_art_attack(
     """An ART evasion attack instance on ``model`` (through :func:`to_art_classifier`)."""
     norm = check_norm(norm)
     cls = resolve_art_attack(name)
+    if not model.capabilities.gradients and not is_black_box(cls.__name__):
+        raise ConfigError(
+            f"art:{cls.__name__} needs input gradients, which {model.display_name} (a black-box "
+            f"model) does not give; query-only ART attacks: {', '.join(sorted(BLACK_BOX_ATTACKS))}"
+        )
     kwargs = _fill_budget(cls, params or {}, eps, norm)
     try:
         # ART's attacks take the estimator first, named estimator or classifier.

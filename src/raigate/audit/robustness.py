@@ -1,9 +1,13 @@
 """Adversarial robustness: an ε sweep of attacks on the model and, optionally, on its
 randomized-smoothing defense, next to the defense's certified accuracy.
 
-What an attacker can do (``attacks`` table): accuracy under FGSM, PGD (native torch) and
+What an attacker can do (``attacks`` table): accuracy under FGSM, PGD (native torch), the
+query-only Square Attack (native, score-based) and HopSkipJump (ART, decision-based) and
 any ``art:NAME`` attack at each norm and ε, with Wilson 95% intervals, per attribute value
-when the data has attributes (``attacks_by_group``, ``group_gaps``). What a defense buys
+when the data has attributes (``attacks_by_group``, ``group_gaps``). A black-box model
+(``model.mode == "black-box"``: queries only) is attacked with ``square`` by default, the
+query attacks spend at most ``query_budget`` queries per image and each of their rows says
+how many it spent (:mod:`raigate.audit.robustness_attacks`). What a defense buys
 back, honestly: with ``smoothing_sigma`` the same attacks run against the smoothed
 classifier, adaptively (expectation over ``eot_samples`` noise draws per gradient step,
 Salman et al. 2019), and ``smoothed_vs_base`` gives the accuracy ratio per attack, norm and
@@ -62,17 +66,31 @@ from tqdm.auto import tqdm
 
 from raigate._io import write_atomic
 from raigate.attacks import (
+    MIN_QUERY_BUDGET,
+    QueryResult,
     check_norm,
     default_step_size,
     fgsm,
+    hop_skip_jump,
     is_black_box,
     perturbation_norm,
     pgd_search,
     resolve_art_attack,
     run_art_attack,
+    square_attack,
     takes_eps,
 )
 from raigate.audit.evaluate import prepare, require_inputs
+from raigate.audit.robustness_attacks import (
+    DEFAULT_ATTACKS,
+    NATIVE_ATTACKS,
+    QUERY_ATTACKS,
+    attack_order,
+    check_attacks_for,
+    query_definitions,
+    query_findings,
+    skipped_without_gradients,
+)
 from raigate.audit.robustness_findings import (
     eps_text,
     group_gap_records,
@@ -119,8 +137,10 @@ class RobustnessParams(BaseModel):
     # model as smoothing_base (raigate.config)
     PLAN_MODEL_FIELDS: ClassVar[dict[str, str]] = {"smoothing_model": "smoothing_base"}
 
-    attacks: list[str] = Field(
-        default_factory=lambda: ["fgsm", "pgd"], description="fgsm, pgd and/or art:NAME"
+    attacks: list[str] | None = Field(
+        None,
+        description="fgsm, pgd, square, hsj and/or art:NAME; default: fgsm and pgd on a "
+        "white-box model, square on a black-box one",
     )
     attack_params: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for art:NAME attacks (JSON)"
@@ -130,6 +150,11 @@ class RobustnessParams(BaseModel):
     pgd_steps: int = Field(20, ge=1)
     pgd_restarts: int = Field(1, ge=1)
     pgd_step_size: Fraction | None = Field(None, gt=0, description="default 2.5*eps/steps")
+    query_budget: int = Field(
+        1000,
+        ge=MIN_QUERY_BUDGET,
+        description="square and hsj: the most queries per image, its clean query included",
+    )
     smoothing_sigma: Fraction | None = Field(None, gt=0, description="None: no smoothing")
     smoothing_model: str | None = Field(
         None,
@@ -179,15 +204,15 @@ class RobustnessParams(BaseModel):
 
     @field_validator("attacks")
     @classmethod
-    def _attack_names(cls, v: list[str]) -> list[str]:
+    def _attack_names(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None  # chosen by the model's mode in run()
         if not v:
-            raise ValueError("give at least one attack (fgsm, pgd or art:NAME)")
+            raise ValueError("give at least one attack (fgsm, pgd, square, hsj or art:NAME)")
         for a in v:
-            if a not in {"fgsm", "pgd"} and not (a.startswith("art:") and len(a) > 4):
-                raise ValueError(f"unknown attack {a!r}; use fgsm, pgd or art:NAME")
-        # FGSM first: PGD counts the FGSM row's points among its candidates
-        order = {"fgsm": 0, "pgd": 1}
-        return sorted(dict.fromkeys(v), key=lambda a: order.get(a, 2))
+            if a not in NATIVE_ATTACKS and not (a.startswith("art:") and len(a) > 4):
+                raise ValueError(f"unknown attack {a!r}; use fgsm, pgd, square, hsj or art:NAME")
+        return sorted(dict.fromkeys(v), key=attack_order)
 
     @field_validator("eps", "certify_radii")
     @classmethod
@@ -224,9 +249,12 @@ class RobustnessParams(BaseModel):
         d = info.data
         if not v or not {"attacks", "norms", "eps"} <= set(d):
             return v  # a field they refer to failed first and is reported instead
+        # attacks None: either mode's default may run; run() checks again once it knows
+        either = {a for m in DEFAULT_ATTACKS.values() for a in m}
+        attacks = d["attacks"] or sorted(either, key=attack_order)
         return check_robust_rules(
-            v, attacks=d["attacks"], norms=d["norms"], eps=d["eps"],
-            smoothing=d.get("smoothing_sigma") is not None,
+            v, attacks=attacks, norms=d["norms"], eps=d["eps"],
+            smoothing=d.get("smoothing_sigma") is not None, base_only=QUERY_ATTACKS,
         )  # fmt: skip
 
     @field_validator("min_certified_accuracy")
@@ -260,7 +288,7 @@ class RobustnessParams(BaseModel):
         return self
 
 
-def _definitions(p: RobustnessParams) -> dict[str, str]:
+def _definitions(p: RobustnessParams, mode: str = "white-box") -> dict[str, str]:
     d = {
         "eps": "perturbation budget in pixel units of [0,1] images; linf: max per-pixel "
         "change, l2: Euclidean length over all C*H*W values",
@@ -310,6 +338,16 @@ def _definitions(p: RobustnessParams) -> dict[str, str]:
             certified_wrong_rate="fraction of certified samples where CERTIFY certified a wrong "
             "class: the certificate says the smoothed prediction is stable, not that it is right",
         )
+    d.update(query_definitions(p.attacks or [], p.query_budget, p.seed))
+    if mode == "black-box":
+        for gone in ("fgsm", "pgd", "smoothed_attack"):
+            d.pop(gone, None)
+        skipped = skipped_without_gradients(p.smoothing_sigma is not None)
+        d["mode"] = (
+            "black-box: the model only answers queries (no input gradients), so only "
+            "query attacks ran; skipped: " + "; ".join(f"{k} ({why})" for k, why in skipped.items())
+        )
+        d["large_eps_check"] = "skipped: " + skipped["large_eps_check"]
     return d
 
 
@@ -322,12 +360,13 @@ class _Sweep:
         self.own: dict[Key, np.ndarray] = {}
         self.predict_ok: dict[Key, np.ndarray] = {}
         self.abstain: dict[Key, np.ndarray] = {}
+        self.queries: dict[Key, np.ndarray] = {}  # query attacks: queries spent per image
         self.max_pert: dict[Key, float] = {}
         self.order: list[Key] = []
 
-    def arr(self, store: dict[Key, np.ndarray], key: Key) -> np.ndarray:
+    def arr(self, store: dict[Key, np.ndarray], key: Key, dtype: type = bool) -> np.ndarray:
         if key not in store:
-            store[key] = np.zeros(self.n, dtype=bool)
+            store[key] = np.zeros(self.n, dtype=dtype)
         return store[key]
 
     def put(self, key: Key, idx: np.ndarray, ok: np.ndarray, pert: float) -> None:
@@ -401,6 +440,27 @@ class _Runner:
         store.arr(store.predict_ok, key)[idx] = ok
         store.arr(store.abstain, key)[idx] = abstain
 
+    def query(
+        self,
+        store: _Sweep,
+        key: Key,
+        res: QueryResult,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        idx: np.ndarray,
+        *,
+        minimal: bool = False,
+    ) -> None:
+        """A query attack's row and its queries. ``minimal`` (HopSkipJump, no eps of its
+        own): a point counts only where it lies within the key's eps, else the clean image
+        stays in the row."""
+        x_row = res.x_adv
+        if minimal:
+            within = res.success & (res.distance <= (key[3] or 0.0))
+            x_row = torch.where(within.view(-1, 1, 1, 1), res.x_adv, x)
+        self.record(store, key, x_row, x, y, idx)
+        store.arr(store.queries, key, np.int64)[idx] = res.queries.cpu().numpy()
+
     def own(
         self, store: _Sweep, key: Key, x_own: torch.Tensor, y: torch.Tensor, idx: np.ndarray
     ) -> None:
@@ -423,13 +483,30 @@ class _Runner:
         big: _Sweep,
     ) -> None:
         p = self.p
+        attacks = p.attacks or []
+        if name != "base":  # the query attacks attack the base model only
+            attacks = [a for a in attacks if a not in QUERY_ATTACKS]
         self.record(sweep, (name, "clean", None, 0.0), x, x, y, idx)
         for norm in p.norms:
+            hsj: QueryResult | None = None  # minimal perturbation: one run serves every eps
             for eps in p.eps:
                 x_fgsm = None
-                for attack in p.attacks:
+                for attack in attacks:
                     key: Key = (name, attack, norm, eps)
-                    if attack == "fgsm":
+                    if attack == "square":
+                        res_q = square_attack(
+                            target, x, y_model, eps=eps, norm=norm,
+                            query_budget=p.query_budget, seed=p.seed,
+                        )  # fmt: skip
+                        self.query(sweep, key, res_q, x, y, idx)
+                    elif attack == "hsj":
+                        if hsj is None:
+                            hsj = hop_skip_jump(
+                                target, x, y_model, norm=norm, query_budget=p.query_budget,
+                                seed=p.seed,
+                            )  # fmt: skip
+                        self.query(sweep, key, hsj, x, y, idx, minimal=True)
+                    elif attack == "fgsm":
                         x_fgsm = fgsm(target, x, y_model, eps=eps, norm=norm)
                         self.record(sweep, key, x_fgsm, x, y, idx)
                     elif attack == "pgd":
@@ -446,13 +523,13 @@ class _Runner:
                             target, attack, x, y_model, params=p.attack_params, eps=eps, norm=norm
                         )
                         self.record(sweep, key, x_art, x, y, idx)
-            if p.large_eps_check and "pgd" in p.attacks:
+            if p.large_eps_check and "pgd" in attacks:
                 eps_big = _large_eps(norm, self.input_shape)
                 res = pgd_search(
                     target, x, y_model, eps=eps_big, norm=norm, steps=p.pgd_steps, seed=p.seed
                 )
                 self.record(big, (name, "pgd", norm, eps_big), res.x_adv, x, y, idx)
-        for attack in p.attacks:
+        for attack in attacks:
             if attack.startswith("art:") and not takes_eps(attack):
                 # no budget parameter: one run, its own budget; max_perturbation says what it used
                 x_art = run_art_attack(target, attack, x, y_model, params=p.attack_params)
@@ -489,37 +566,62 @@ def _large_eps(norm: str, shape: tuple[int, int, int]) -> float:
 def _estimate(p: RobustnessParams, n: int) -> str:
     """Approximate forward passes of the sweep, a backward pass counted as two."""
     fb = 3  # forward + backward
+    attacks = p.attacks or []
     per = 0
-    if "fgsm" in p.attacks:
+    if "fgsm" in attacks:
         per += fb + 1
-    if "pgd" in p.attacks:
+    if "pgd" in attacks:
         per += p.pgd_restarts * (p.pgd_steps * fb + 1) + 3
     settings = len(p.norms) * len(p.eps)
-    big = len(p.norms) * (p.pgd_steps * fb + 4) if p.large_eps_check and "pgd" in p.attacks else 0
-    base = n * (1 + per * settings + big)
+    big = len(p.norms) * (p.pgd_steps * fb + 4) if p.large_eps_check and "pgd" in attacks else 0
+    # square: a run per norm and eps, hsj: one per norm; each row also evaluates its points
+    runs = settings * ("square" in attacks) + len(p.norms) * ("hsj" in attacks)
+    queries = n * (p.query_budget * runs + settings * sum(a in QUERY_ATTACKS for a in attacks))
+    base = n * (1 + per * settings + big) + queries
     text = f"attacks: about {base:,} forward passes on the base model"
+    if queries:
+        text += f" (at most {queries:,} by the query attacks, which stop early on success)"
     if p.smoothing_sigma is not None:
-        rows = 1 + sum(2 if a == "pgd" else 1 for a in p.attacks) * settings + len(p.norms)
+        on_smoothed = [a for a in attacks if a not in QUERY_ATTACKS]
+        rows = 1 + sum(2 if a == "pgd" else 1 for a in on_smoothed) * settings + len(p.norms)
         smooth = n * ((per * settings + big) * p.eot_samples + rows * p.predict_n)
         text += (
             f" and {smooth:,} for the smoothed model (EOT m={p.eot_samples}, "
             f"predict_n={p.predict_n})"
         )
-    if any(a.startswith("art:") for a in p.attacks):
+    if any(a.startswith("art:") for a in attacks):
         text += " plus the ART attacks' own queries"
     return text + f"; n={n} samples"
+
+
+def _resolve_attacks(p: RobustnessParams, model: Model) -> RobustnessParams:
+    """``p`` with the attacks for ``model``: the mode's default when none were given, ART
+    names resolved, a gradient attack on a black-box model refused, and the gate rules
+    checked against what will actually run; each problem a one-line ConfigError."""
+    attacks = list(p.attacks) if p.attacks is not None else list(DEFAULT_ATTACKS[model.mode])
+    for a in attacks:
+        if a.startswith("art:"):
+            resolve_art_attack(a)  # a typo fails now, not after an hour of PGD
+    check_attacks_for(attacks, model.mode, model.display_name)
+    try:
+        rules = check_robust_rules(
+            p.min_robust_accuracy, attacks=attacks, norms=p.norms, eps=p.eps,
+            smoothing=p.smoothing_sigma is not None, base_only=QUERY_ATTACKS,
+        )  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(f"min_robust_accuracy {e}") from None
+    return p.model_copy(update={"attacks": attacks, "min_robust_accuracy": rules})
 
 
 def validate(
     model: Model, data: Dataset, params: RobustnessParams, smoothing_base: Model | None = None
 ) -> None:
-    """Plan preflight: samples, channels, class names, ART attack names and the smoothed
-    variant's fit, checked before any check of the plan runs."""
+    """Plan preflight: samples, channels, class names, attack names (and whether they can
+    attack a black-box model) and the smoothed variant's fit, checked before any check of
+    the plan runs."""
     require_inputs(model, data)
     align_classes(model.class_names, data.class_names, params.label_map)
-    for a in params.attacks:
-        if a.startswith("art:"):
-            resolve_art_attack(a)
+    _resolve_attacks(params, model)
     if smoothing_base is not None:
         _smoothing_base(model, data, params, smoothing_base)
 
@@ -548,9 +650,7 @@ def run(
     start = time.perf_counter()
     mapping = align_classes(model.class_names, data.class_names, p.label_map)
     inverse = data_to_model_index(model.class_names, data.class_names, p.label_map)
-    for a in p.attacks:
-        if a.startswith("art:"):
-            resolve_art_attack(a)  # a typo fails now, not after an hour of PGD
+    p = _resolve_attacks(p, model)
     for rule in p.min_robust_accuracy:
         if rule.attack.startswith("art:") and not takes_eps(rule.attack):
             raise ConfigError(
@@ -595,6 +695,7 @@ def run(
         rows, large_rows, tolerance=p.masking_tolerance,
         large_eps_max_accuracy=p.large_eps_max_accuracy,
     )  # fmt: skip
+    findings += query_findings(rows, p.query_budget)
     clean = sweep.correct[("base", "clean", None, 0.0)]
     findings += accuracy_findings(
         NAME, model, prepared, clean, device=p.device, batch_size=p.batch_size
@@ -635,7 +736,13 @@ def run(
         params={
             **p.model_dump(exclude={"progress"}),
             "n": n,
-            "definitions": _definitions(p),
+            "mode": model.mode,
+            **(
+                {"skipped": skipped_without_gradients(p.smoothing_sigma is not None)}
+                if model.mode == "black-box"
+                else {}
+            ),
+            "definitions": _definitions(p, model.mode),
             "interval": "Wilson score, 95%",
             "gates": gate_params(p.min_robust_accuracy, p.min_certified_accuracy, p.gate_alpha),
         },
@@ -722,6 +829,14 @@ def _rows(sweep: _Sweep, p: RobustnessParams) -> list[Record]:
                 restarts=p.pgd_restarts,
                 step_size=p.pgd_step_size or default_step_size(eps or 0.0, p.pgd_steps),
                 pgd_own_accuracy=float(sweep.own[key].mean()) if key in sweep.own else None,
+            )
+        if attack in QUERY_ATTACKS:
+            spent = sweep.queries[key]
+            row.update(
+                black_box=True,
+                query_budget=p.query_budget,
+                queries_mean=round(float(spent.mean()), 3),
+                queries_max=int(spent.max()),
             )
         if attack.startswith("art:"):
             row.update(black_box=is_black_box(attack), attack_params=p.attack_params)

@@ -95,7 +95,7 @@ class RobustAccuracyRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    attack: str = Field(description="fgsm, pgd or art:NAME (one of the run's attacks)")
+    attack: str = Field(description="fgsm, pgd, square, hsj or art:NAME (one of the run's attacks)")
     norm: Literal["linf", "l2"]
     eps: Fraction = Field(ge=0, description="a budget of the run's eps list; 8/255 strings allowed")
     min: Fraction = Field(ge=0, le=1, description="minimum accuracy under the attack")
@@ -183,9 +183,11 @@ def check_robust_rules(
     norms: Sequence[str],
     eps: Sequence[float],
     smoothing: bool,
+    base_only: Sequence[str] = (),
 ) -> list[RobustAccuracyRule]:
     """The rules with ε snapped to the measured value; ValueError names a rule that asks
-    for a row this run will not measure, and what the run does measure."""
+    for a row this run will not measure, and what the run does measure. ``base_only``:
+    attacks that run on the base model only (no smoothed rows)."""
     eps_list = ", ".join(_text(e) for e in eps)
     out: list[RobustAccuracyRule] = []
     seen: set[tuple[str, str, str, float]] = set()
@@ -202,6 +204,8 @@ def check_robust_rules(
             raise ValueError(f"{where}: eps {_text(r.eps)} is not measured (eps: {eps_list})")
         if r.model == "smoothed" and not smoothing:
             raise ValueError(f"{where}: no smoothed model without smoothing_sigma")
+        if r.model == "smoothed" and r.attack in base_only:
+            raise ValueError(f"{where}: {r.attack} attacks the base model only")
         r = r.model_copy(update={"eps": snapped})
         if r.key in seen:
             raise ValueError(f"{where}: given twice")
@@ -297,6 +301,13 @@ def _cases(
     for r in rules:
         row = by_key[r.key]
         what = "the base model" if r.model == "base" else "the smoothed model (EOT attack)"
+        budget = row.get("query_budget")
+        queries = (
+            f" (at most {budget} queries per image; an upper bound on robust accuracy at "
+            f"{budget} queries)"
+            if budget
+            else ""
+        )
         cases.append(
             (
                 f"robustness.min_robust_accuracy[{r.text.rpartition('=')[0]}]",
@@ -304,8 +315,8 @@ def _cases(
                 int(row["correct"]),
                 int(row["n"]),
                 r.min,
-                f"{r.attack.upper()} {_NORM_TEXT[r.norm]} eps={_text(r.eps)} on {what}: "
-                "accuracy under attack is",
+                f"{r.attack.upper()} {_NORM_TEXT[r.norm]} eps={_text(r.eps)} on {what}"
+                f"{queries}: accuracy under attack is",
             )
         )
     for c in cert_rules:

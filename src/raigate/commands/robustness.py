@@ -87,8 +87,20 @@ def robustness_cmd(
     data_spec: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="folder for result.json, plots and CSVs")],
     attacks: Annotated[
-        str, typer.Option("--attacks", help="comma-separated: fgsm, pgd, art:NAME (any ART attack)")
-    ] = "fgsm,pgd",
+        str | None,
+        typer.Option(
+            "--attacks",
+            help="comma-separated: fgsm, pgd, square, hsj, art:NAME (any ART attack); default "
+            "fgsm,pgd for a white-box model, square for a black-box one (queries only)",
+        ),
+    ] = None,
+    query_budget: Annotated[
+        int,
+        typer.Option(
+            "--query-budget",
+            help="square and hsj: the most queries per image (its clean query included)",
+        ),
+    ] = 1000,
     attack_params: Annotated[
         str | None,
         typer.Option(
@@ -203,7 +215,8 @@ def robustness_cmd(
     random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Accuracy under FGSM/PGD/ART attacks over an eps sweep, per group; with
+    """Accuracy under FGSM/PGD/Square/HopSkipJump/ART attacks over an eps sweep, per group
+    (a black-box model: query attacks only, under --query-budget); with
     --smoothing-sigma the same (adaptive, EOT) attacks on the smoothed model, the
     smoothed/base ratio and Cohen et al.'s certified accuracy. Robustness is gated only by
     --min-robust-accuracy / --min-certified-accuracy; without them the verdict covers
@@ -216,7 +229,8 @@ def robustness_cmd(
     params = make_params(
         robustness.RobustnessParams,
         _FLAGS,
-        attacks=list(parse_names(attacks) or []),
+        attacks=None if attacks is None else list(parse_names(attacks) or []),
+        query_budget=query_budget,
         attack_params=parse_attack_params(attack_params),
         norms=_norms(norm),
         eps=_floats(eps, "eps"),
@@ -277,13 +291,20 @@ def print_robustness(result: Any) -> None:
     """The tables a reader needs first; everything else is in result.json."""
     m, p = result.metrics, result.params
     synthetic = " (SYNTHETIC data)" if result.data.synthetic else ""
+    attacks = p.get("attacks") or []
+    how = [f"PGD {p['pgd_steps']} steps x {p['pgd_restarts']} restart(s)"] * ("pgd" in attacks)
+    if {"square", "hsj"} & set(attacks):
+        how.append(f"square/hsj at most {p['query_budget']} queries per image")
+    mode = " (black-box model: queries only)" if p.get("mode") == "black-box" else ""
     typer.echo(
-        f"\naccuracy under attack, n={m['n']}{synthetic}; eps in pixel units of [0,1] images, "
-        f"PGD {p['pgd_steps']} steps x {p['pgd_restarts']} restart(s), Wilson 95% CI:"
+        f"\naccuracy under attack, n={m['n']}{synthetic}{mode}; eps in pixel units of [0,1] "
+        f"images, {', '.join([*how, 'Wilson 95% CI'])}:"
     )
     cols = ["model", "attack", "norm", "eps_text", "accuracy", "ci_low", "ci_high"]
     if any("pgd_own_accuracy" in r for r in m["attacks"]):
         cols.append("pgd_own_accuracy")
+    if any("queries_mean" in r for r in m["attacks"]):
+        cols += ["queries_mean", "queries_max"]
     typer.echo(format_table(m["attacks"], cols))
     if m.get("smoothed_vs_base"):
         variant = f" of {p['smoothing_model']}" if p.get("smoothing_model") else ""

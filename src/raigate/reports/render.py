@@ -180,9 +180,10 @@ def _robustness_line(result: CheckResult) -> str | None:
         )
     if base and isinstance(clean, float | int):
         r = min(base, key=lambda r: r["accuracy"])
+        budget = f", at most {r['query_budget']} queries" if r.get("query_budget") else ""
         return (
             f"clean {clean:.3f}; lowest under attack {r['accuracy']:.3f} "
-            f"({r['attack'].upper()} {r['norm']} eps={r['eps_text']})"
+            f"({r['attack'].upper()} {r['norm']} eps={r['eps_text']}{budget})"
         )
     return None
 
