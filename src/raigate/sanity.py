@@ -104,7 +104,8 @@ def normalization_findings(spec: str, mean: Sequence[float], std: Sequence[float
                     f"model {spec}: --mean {_fmt(mean)} / --std {_fmt(std)} look like statistics "
                     "of 0-255 pixels, but raigate feeds the model pixels in [0,1] (a mean must "
                     "lie in [0,1], a std at most 0.5): divide both by 255, i.e. --mean "
-                    f"{_fmt(fixed_mean)} --std {_fmt(fixed_std)}"
+                    f"{_fmt(fixed_mean)} --std {_fmt(fixed_std)} (or, if the deployed model "
+                    "takes 0-255 values, say so with --preprocess value_scale=255)"
                 ),
             )
         )
