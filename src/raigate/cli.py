@@ -129,9 +129,14 @@ def models_inspect(
     typer.echo(f"capabilities {caps}")
     details = info.get("details") or {}
     if details.get("format") == "onnx":
-        io = f"input {details['input']['name']} {details['input']['shape']}"
-        kind = details["output"]["kind"] + (" (detected)" if details["output"]["detected"] else "")
-        typer.echo(f"onnx         {io}, output {details['output']['name']}: {kind}")
+        dims = ["batch" if d is None else d for d in details["input"]["shape"]]
+        shape = f"[{', '.join(map(str, dims))}]"
+        out = details["output"]
+        how = "detected from random inputs" if out["detected"] else "declared"
+        typer.echo(
+            f"onnx         input {details['input']['name']} {shape} "
+            f"({details['input']['layout'].upper()}), output {out['name']}: {out['kind']} ({how})"
+        )
         typer.echo(f"runtime      onnxruntime {', '.join(details['providers'])}")
         conv = details.get("conversion") or {}
         if "max_abs_difference" in conv:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import assert_user_error, invoke
 from PIL import Image
 
 import raigate
+from cli_helpers import assert_user_error, invoke
 from raigate.errors import ConfigError
 from raigate.models.loaders import write_model_spec
 from raigate.models.preprocess import (

@@ -209,7 +209,9 @@ class Model(nn.Module):
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())
+        """Trainable values of the network; for a black-box ONNX model, of its graph."""
+        count = sum(p.numel() for p in self.net.parameters())
+        return count or int(self.details.get("parameters", 0))
 
     @property
     def device(self) -> torch.device:

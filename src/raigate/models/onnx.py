@@ -213,6 +213,20 @@ def _initializer_digest(proto: Any) -> str:
     return state_digest(tensors)
 
 
+def _parameter_count(proto: Any) -> int:
+    """Float initializer elements other than BatchNorm running statistics: what
+    ``nn.Module.parameters()`` would count for the same network."""
+    stats = set()
+    for node in proto.graph.node:
+        if node.op_type == "BatchNormalization" and len(node.input) >= 5:
+            stats.update(node.input[3:5])
+    total = 0
+    for init in proto.graph.initializer:
+        if init.data_type in _FLOAT_TYPES and init.name not in stats:
+            total += int(np.prod(init.dims)) if init.dims else 1
+    return total
+
+
 def _outputs_kind(
     declared: str | None, predict: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...]
 ) -> tuple[str, bool]:
@@ -298,6 +312,7 @@ def load_onnx(spec: str, target: str, options: ModelOptions) -> Model:
         "input": {"name": inp.name, "shape": dims, "layout": layout},
         "output": {"name": out.name, "kind": outputs, "detected": detected},
         "static_batch": batch,
+        "parameters": _parameter_count(proto),
         "providers": list(session.get_providers()),
         "opset": [f"{o.domain or 'ai.onnx'}:{o.version}" for o in proto.opset_import],
     }

@@ -310,6 +310,8 @@ def render_html(report: AuditReport, bundle: Path) -> str:
                 ),
                 {"item": "classes", "value": ", ".join(m.get("class_names", []))},
                 {"item": "input shape", "value": "x".join(map(str, m.get("input_shape", [])))},
+                {"item": "deployed preprocessing", "value": m.get("pipeline", "-")},
+                {"item": "mode", "value": m.get("mode", "white-box")},
                 {"item": "data", "value": d.get("spec")},
                 {"item": "samples", "value": d.get("n")},
                 {"item": "data manifest digest", "value": d.get("manifest_digest")},
