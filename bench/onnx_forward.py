@@ -4,8 +4,8 @@ A ResNet-20 (the public CIFAR-10 weights when ``../shared/data`` has them, else 
 weights: the cost is the same) is exported with ``torch.onnx.export`` and loaded as
 ``onnx:FILE`` twice: black-box (raigate's ``Model.logits`` -> QueryNet -> onnxruntime) and
 white-box (the torch conversion). The reference is the bare onnxruntime session doing the
-same normalization in numpy, with the same session options (threads, no spinning). Goal: the black-box adapter
-costs at most 5% over it (``ratio <= 1.05``).
+same normalization in numpy, with the same session options (threads, no spinning).
+Goal: the black-box adapter costs at most 5% over it (``ratio <= 1.05``).
 """
 
 from __future__ import annotations

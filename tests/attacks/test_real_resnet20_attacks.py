@@ -84,8 +84,8 @@ def test_onnx_export_of_resnet20_audited_black_box_through_the_cli(
 ) -> None:
     """The artifact a team ships: the public ResNet-20 exported to ONNX, audited by
     `raigate robustness --model onnx:FILE --mode black-box` on real CIFAR-10 JPEGs. The
-    Square rows (8/255, 200 queries) at least halve the accuracy, spend at most the budget, and say black-box; a gradient
-    attack on it exits 2 with one line."""
+    Square rows (8/255, 200 queries) at least halve the accuracy, spend at most the budget
+    and say black-box; a gradient attack on it exits 2 with one line."""
     import json
     import warnings
 
