@@ -11,7 +11,6 @@ Goal: the black-box adapter costs at most 5% over it (``ratio <= 1.05``).
 from __future__ import annotations
 
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 from harness import Benchmark, Case
 from raigate import load_model
+from raigate.models.onnx import export_onnx
 from raigate.zoo import resnet20
 
 MEAN = (0.485, 0.456, 0.406)
@@ -43,13 +43,7 @@ def build(batch: int = 256) -> list[Benchmark]:
     net, what = _net()
     folder = Path(tempfile.mkdtemp(prefix="raigate-bench-onnx-"))
     path = folder / "resnet20.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net, (torch.rand(2, 3, 32, 32),), str(path), dynamo=False,
-            input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )  # fmt: skip
+    export_onnx(net, path)
     names = [str(i) for i in range(10)]
     common = {"class_names": names, "mean": MEAN, "std": STD}
     black = load_model(f"onnx:{path}", mode="black-box", **common)  # type: ignore[arg-type]

@@ -33,7 +33,6 @@ import shlex
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ import raigate
 from raigate._io import write_atomic
 from raigate.audit import robustness
 from raigate.data.base import select
+from raigate.models.onnx import export_onnx
 from raigate.models.weights import apply_state_dict, load_state_dict_file
 from raigate.values import parse_fraction
 from raigate.zoo import resnet20
@@ -65,13 +65,7 @@ def export(root: Path, folder: Path) -> tuple[Path, torch.nn.Module]:
     apply_state_dict(net, load_state_dict_file(w), source=w)
     net.eval()
     path = folder / "resnet20.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net, (torch.rand(2, 3, 32, 32),), str(path), dynamo=False,
-            input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )  # fmt: skip
+    export_onnx(net, path)
     return path, net
 
 

@@ -87,9 +87,9 @@ def test_onnx_export_of_resnet20_audited_black_box_through_the_cli(
     Square rows (8/255, 200 queries) at least halve the accuracy, spend at most the budget
     and say black-box; a gradient attack on it exits 2 with one line."""
     import json
-    import warnings
 
     from cli_helpers import assert_user_error, invoke
+    from raigate.models.onnx import export_onnx
     from raigate.zoo import resnet20
 
     weights = shared_data_dir / "weights" / "akamaster_resnet20-12fca82f.th"
@@ -101,13 +101,7 @@ def test_onnx_export_of_resnet20_audited_black_box_through_the_cli(
     net = resnet20(num_classes=10)
     apply_state_dict(net, load_state_dict_file(weights), source=weights)
     path = tmp_path / "resnet20.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net.eval(), (torch.rand(2, 3, 32, 32),), str(path), dynamo=False,
-            input_names=["images"], output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )  # fmt: skip
+    export_onnx(net, path)
     common = ["--model", f"onnx:{path}", "--data", f"folder:{images}", "--sample", "24",
               "--seed", "3", "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)),
               "--mode", "black-box"]  # fmt: skip

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,19 @@ from raigate.models._common import (
 )
 from raigate.models.base import Capabilities, Model, detect_capabilities, state_digest
 from raigate.models.blackbox import PROB_FLOOR, QueryNet, looks_like_probabilities
+from raigate.models.loaders import ExportedNet
 from raigate.models.preprocess import Preprocess
 from raigate.models.specs import ModelOptions
 
-__all__ = ["MODES", "access_line", "load_onnx", "load_pyfn", "onnx_providers", "read_class_names"]
+__all__ = [
+    "MODES",
+    "access_line",
+    "export_onnx",
+    "load_onnx",
+    "load_pyfn",
+    "onnx_providers",
+    "read_class_names",
+]
 
 MODES = ("auto", "white-box", "black-box")
 _CLASS_KEYS = ("class_names", "classes", "labels")
@@ -83,27 +93,6 @@ class _LogOf(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).clamp_min(PROB_FLOOR).log()
-
-
-class _Chunked(nn.Module):
-    """Run a module exported with a fixed batch in chunks of that size, zero-padded."""
-
-    def __init__(self, net: nn.Module, batch: int) -> None:
-        super().__init__()
-        self.net = net
-        self.batch = batch
-
-    def forward(self, x: Tensor) -> Tensor:
-        b = self.batch
-        if x.shape[0] == b:
-            return self.net(x)  # type: ignore[no-any-return]
-        outs = []
-        for chunk in x.split(b):
-            n = chunk.shape[0]
-            if n < b:
-                chunk = torch.cat([chunk, chunk.new_zeros((b - n, *chunk.shape[1:]))])
-            outs.append(self.net(chunk)[:n])
-        return torch.cat(outs)
 
 
 def _read_proto(p: Path) -> Any:
@@ -206,9 +195,10 @@ def _initializer_digest(proto: Any) -> str:
     tensors = []
     for init in proto.graph.initializer:
         arr = np.ascontiguousarray(numpy_helper.to_array(init))
-        t = torch.from_numpy(arr.copy()) if arr.dtype != np.uint16 else torch.from_numpy(
-            arr.astype(np.int32)
-        )  # fmt: skip
+        try:
+            t = torch.from_numpy(arr.copy())
+        except TypeError:  # a dtype torch lacks (bfloat16 as ml_dtypes, ...): its bytes
+            t = torch.from_numpy(arr.view(np.uint8).copy())
         tensors.append((init.name, t))
     return state_digest(tensors)
 
@@ -342,7 +332,8 @@ def load_onnx(spec: str, target: str, options: ModelOptions) -> Model:
                 "within_tolerance": ok,
             }
             if ok:
-                net = module if batch is None else _Chunked(module, batch)
+                # a fixed batch runs in chunks of that size, as a fixed-batch torch.export does
+                net = module if batch is None else ExportedNet(module, batch)
                 if outputs == "probs":
                     net = _LogOf(net)
             elif mode == "white-box":
@@ -449,3 +440,38 @@ def access_line(model: Model) -> str | None:
     if fmt == "onnx" and "max_abs_difference" in conv:
         why = f"{why}; largest output difference {conv['max_abs_difference']:.2g}"
     return f"{fmt} model {model.spec}: black-box, queries only ({why})"
+
+
+def export_onnx(
+    net: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    input_shape: tuple[int, int, int] = (3, 32, 32),
+    class_names: list[str] | tuple[str, ...] | None = None,
+    dynamic_batch: bool = True,
+) -> Path:
+    """Export ``net`` (eval mode) to ONNX as raigate reads it back: one input ``images``,
+    one output ``logits``, a dynamic batch axis, and ``class_names`` in ``metadata_props``.
+
+    The TorchScript-based exporter (``dynamo=False``) is used: fast, and what most
+    deployed files were written with. For tests, benchmarks and experiments that need the
+    artifact a team would ship from a torch model.
+    """
+    import warnings
+
+    import onnx
+
+    p = Path(path)
+    x = torch.rand(2 if dynamic_batch else 1, *input_shape)
+    axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice
+        torch.onnx.export(
+            net.eval(), (x,), str(p), dynamo=False, input_names=["images"],
+            output_names=["logits"], dynamic_axes=axes,
+        )  # fmt: skip
+    if class_names is not None:
+        proto = onnx.load(str(p))
+        proto.metadata_props.add(key="class_names", value=json.dumps(list(class_names)))
+        onnx.save(proto, str(p))
+    return p
