@@ -67,6 +67,15 @@ def test_train_then_audit(tmp_path: Path) -> None:
         result["metrics"]
     )
     assert result["metrics"]["per_class"][0].keys() >= {"class", "accuracy_dp", "cost_pp"}
+    # the non-private twin is saved, reloads to the accuracy reported, and is not the DP model
+    from raigate import load_data, load_model
+    from raigate.audit import evaluate
+
+    assert "non-private baseline: " in text and str(out / "baseline" / "model.json") in text
+    base = load_model(str(out / "baseline" / "model.json"))
+    ev = evaluate.run(base, load_data("demo:test"), evaluate.EvaluateParams(progress=False))
+    assert ev.metric("accuracy") == pytest.approx(result["metrics"]["accuracy_baseline"])
+    assert base.digest != load_model(str(out / "model.json")).digest
     audit = invoke(
         "privacy",
         "audit",

@@ -102,7 +102,11 @@ def train_cmd(
         typer.Option("--grad-sample-mode", help="per-sample gradient path"),
     ] = "auto",
     baseline: Annotated[
-        bool, typer.Option("--baseline", help="also train without DP on the same steps")
+        bool,
+        typer.Option(
+            "--baseline",
+            help="also train without DP on the same steps; saved to OUT/baseline/model.json",
+        ),
     ] = False,
     baseline_lr: Annotated[
         float | None, typer.Option("--baseline-lr", help="baseline learning rate (default --lr)")
@@ -198,6 +202,8 @@ def train_cmd(
     )
     path = result.write(out)
     _print_utility(result.metrics)
+    if run.baseline is not None and run.out_dir is not None:
+        typer.echo(f"non-private baseline: {run.baseline.spec} (audit it beside the DP model)")
     for f in result.findings:
         typer.echo(f"\n[{f.severity.upper()}] {f.message}")
     typer.echo(f"\nwrote {run.spec_path}, {out / 'ledger.json'}, {path}")

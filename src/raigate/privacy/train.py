@@ -794,6 +794,14 @@ def _run(
         spec="privacy:train_private",
     )
     if out is not None and rank == 0:
+        if baseline is not None:
+            # the non-private twin, saved beside the private model so both can be audited
+            # (fairness gaps, membership leakage) by any command or plan
+            (out / BASELINE_DIR).mkdir(parents=True, exist_ok=True)
+            base_spec = _save_model(out / BASELINE_DIR, baseline.net, src, action)
+            from raigate.models import load_model
+
+            baseline = load_model(str(base_spec), trust_code=True)
         if not stopped:
             ledger.write(out)
         if canary_audit is not None and plan is not None:
@@ -938,6 +946,10 @@ def _train_baseline(
             losses.append(loss_sum / max(rows, 1))
             loss_sum, rows = 0.0, 0
     return net.eval(), losses
+
+
+BASELINE_DIR = "baseline"
+"""``--baseline``: the non-private model's weights and spec go to ``OUT/baseline/``."""
 
 
 def _save_model(out: Path, net: nn.Module, src: _Source, action: BatchNormAction) -> Path:
