@@ -188,3 +188,25 @@ def test_hf_processor_geometry(tmp_path: Path) -> None:
                            interpolation="bicubic")  # fmt: skip
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": 224}))
     assert read_geometry(tmp_path) is None
+
+
+def test_torchscript_taking_nhwc_with_layout(tmp_path: Path) -> None:
+    """A torch network that takes NHWC (as exported from a TF-style pipeline): the load-time
+    check and every forward pass feed it NHWC."""
+
+    class Nhwc(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(8 * 8 * 3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.shape[-1] == 3
+            return self.fc(x.reshape(x.shape[0], -1))
+
+    net = Nhwc()
+    path = tmp_path / "nhwc.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    model = raigate.load_model(str(path), class_names=["a", "b"], input_size=(3, 8, 8),
+                               preprocess="layout=nhwc")  # fmt: skip
+    x = torch.rand(3, 3, 8, 8)
+    assert torch.allclose(model.logits(x), net(x.permute(0, 2, 3, 1)), atol=1e-6)

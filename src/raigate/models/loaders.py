@@ -85,9 +85,13 @@ def _check_output_width(
     spec: str,
     *,
     names_from_data: bool = False,
+    preprocess: Preprocess | None = None,
 ) -> None:
-    """One forward pass on zeros: a wrong head or input size fails here, not mid-audit."""
-    shape = [2, *input_size]
+    """One forward pass on zeros: a wrong head or input size fails here, not mid-audit.
+    The zeros come in the layout the network takes (``preprocess.layout``)."""
+    c, h, w = input_size
+    nhwc = preprocess is not None and preprocess.layout == "nhwc"
+    shape = [2, h, w, c] if nhwc else [2, c, h, w]
     try:
         with torch.no_grad():
             out = net(torch.zeros(shape))
@@ -151,7 +155,10 @@ def load_factory(spec: str, target: str, options: ModelOptions) -> Model:
     )
     files = _with_weights(net, options.weights)
     net.eval()
-    _check_output_width(net, shape, len(names), spec, names_from_data=names_from_data(options))
+    _check_output_width(
+        net, shape, len(names), spec, names_from_data=names_from_data(options),
+        preprocess=options.preprocess,
+    )  # fmt: skip
     return Model(
         net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
         spec=spec, digest=state_digest(module_tensors(net)), files=files, source="factory",
@@ -180,7 +187,10 @@ def load_torchscript(spec: str, target: str, options: ModelOptions) -> Model:
     except (RuntimeError, ValueError) as e:
         raise ModelLoadError(f"{not_ts} ({one_line(e)})") from e
     net.eval()
-    _check_output_width(net, shape, len(names), spec, names_from_data=names_from_data(options))
+    _check_output_width(
+        net, shape, len(names), spec, names_from_data=names_from_data(options),
+        preprocess=options.preprocess,
+    )  # fmt: skip
     return Model(
         net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
         spec=spec, files=[file_record(p)], source="torchscript", preprocess=options.preprocess,
@@ -313,7 +323,10 @@ def load_export(spec: str, target: str, options: ModelOptions) -> Model:
     else:
         shape = require_input_size(spec, options)
     net = ExportedNet(ep.module(), batch)
-    _check_output_width(net, shape, len(names), spec, names_from_data=names_from_data(options))
+    _check_output_width(
+        net, shape, len(names), spec, names_from_data=names_from_data(options),
+        preprocess=options.preprocess,
+    )  # fmt: skip
     return Model(
         net, class_names=names, input_shape=shape, mean=options.mean, std=options.std,
         spec=spec, files=[file_record(p)], capabilities=_export_capabilities(ep),
@@ -418,7 +431,9 @@ def load_json(spec: str, target: str, options: ModelOptions) -> Model:
     files = [file_record(p), *_with_weights(net, weights)]
     net.eval()
     from_data = not doc.class_names and names_from_data(options)
-    _check_output_width(net, shape, len(names), spec, names_from_data=from_data)
+    _check_output_width(
+        net, shape, len(names), spec, names_from_data=from_data, preprocess=preprocess
+    )
     return Model(
         net, class_names=names, input_shape=shape,
         mean=doc.mean if doc.mean is not None else options.mean,
