@@ -10,6 +10,11 @@ multiclass tasks), with the worst and best group by name.
 
 Statistics, stated in ``params``:
 
+* **Point estimates** are fairlearn's: ``MetricFrame`` with its metric functions per
+  attribute and intersection, ``.difference()``/``.ratio()`` between groups, and
+  ``demographic_parity_*``/``equalized_odds_*`` in the ``parity`` table. On every run they
+  are checked against the confusion-matrix values that the bootstrap and the gates use
+  (:mod:`raigate.audit.fairness_fairlearn`).
 * **Intervals**: percentile bootstrap (Efron & Tibshirani 1993), *stratified by group*:
   each group is resampled at its own size, ``n_boot`` times, seeded. Differences and
   ratios between groups are computed replicate by replicate, so their intervals come from
@@ -302,7 +307,11 @@ def run(
     k = len(classes)
     ordinal = params.ordinal if params.ordinal is not None else data.task == "age"
     a = analyse(y, pred, attrs, columns, classes, params, ordinal=ordinal, task=data.task)
-    stats, family = a.stats, a.family
+    # the reported point values are fairlearn's, checked equal to those the gates used
+    from raigate.audit import fairness_fairlearn as ffl
+
+    stats = [ffl.attach(s, y, pred, k, params.min_group_size) for s in a.stats]
+    family = a.family
 
     # overall: a plain (unstratified) bootstrap of all samples
     overall_conf = fs.confusion_by_group(
@@ -311,13 +320,13 @@ def run(
     overall_boot = fs.bootstrap_confusions(
         overall_conf, n_boot=params.n_boot, rng=ft.stream(params.seed, "")
     )
-    overall = fs.rates_from_confusion(overall_conf[0])
+    overall = stats[0].overall  # fairlearn's MetricFrame.overall: all samples
     acc_lo, acc_hi = fs.percentile_interval(
         fs.rates_from_confusion(overall_boot[:, 0])["accuracy"], params.alpha
     )
 
     comps = ft.comparisons(stats, params.alpha)
-    by_group, selection, tpr_fpr, confusion, disparities = [], [], [], [], []
+    by_group, selection, tpr_fpr, confusion, disparities, parity = [], [], [], [], [], []
     for s in stats:
         by_group += ft.by_group_rows(s, params)
         sel_rows, rate_rows = ft.class_rows(s, classes, params)
@@ -325,6 +334,7 @@ def run(
         tpr_fpr += rate_rows
         confusion += ft.confusion_rows(s, classes)
         disparities += ft.disparity_rows(s, classes, params)
+        parity += ffl.parity_rows(s, classes)
     findings = a.findings + accuracy_findings(
         NAME, model, data, pred == y, device=params.device, batch_size=params.batch_size
     )
@@ -350,6 +360,7 @@ def run(
         "tpr_fpr": tpr_fpr,
         "confusion_by_group": confusion,
         "disparities": disparities,
+        "parity": parity,
         "summary": a.summary,
         "comparisons": comps,
     }
@@ -383,6 +394,7 @@ def run(
             "intersections": ["+".join(c) for c in columns if len(c) > 1],
             "ordinal": ordinal,
             "n": n,
+            "point_estimates": ffl.describe(),
             "interval": (
                 f"per group: percentile bootstrap, {1 - params.alpha:.0%}, stratified (every "
                 "combination of the audited attributes resampled at its own size), "

@@ -6,7 +6,9 @@ numbers: point values and stratified-bootstrap replicates of every group rate
 (:class:`SpecStats`, one joint bootstrap for all specs: :func:`all_spec_stats`), the
 ``by_group``, ``selection_rates``, ``tpr_fpr``, ``confusion_by_group`` and ``disparities``
 tables, and the Holm-adjusted pairwise ``comparisons``. The gates are in
-:mod:`raigate.audit.fairness_gates`.
+:mod:`raigate.audit.fairness_gates`. The tables report fairlearn's point values, which
+:mod:`raigate.audit.fairness_fairlearn` attaches to a :class:`SpecStats` after checking them
+against the confusion-matrix values computed here.
 
 The ``disparities`` table is descriptive: it names the groups that attain the maximum and
 minimum of each measure among the eligible groups (n >= ``min_group_size``) and gives the
@@ -32,6 +34,7 @@ from raigate.stats import wilson_interval
 
 if TYPE_CHECKING:
     from raigate.audit.fairness import FairnessParams
+    from raigate.audit.fairness_fairlearn import Points
 
 MISSING = "(missing)"
 OTHER = "(other model class)"
@@ -100,6 +103,9 @@ class SpecStats:
     eligible: np.ndarray  # [G] bool: n >= min_group_size
     label_defined: bool  # groups are defined by the label: parity/odds are not meaningful
     ci: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # fairlearn's point values, spreads and parity (fairness_fairlearn.attach); the tables
+    # report these, the gates read the same values from ``point``
+    fairlearn: Points | None = None
 
 
 def stream(seed: int, name: str) -> np.random.Generator:
@@ -345,6 +351,9 @@ _METRICS: tuple[tuple[str, str, bool, str | None], ...] = (
 )
 
 
+_FAIRLEARN = frozenset({"accuracy", "selection", "tpr", "fpr"})  # not mae, off_by_one
+
+
 def _series(
     s: SpecStats, key: str, c: int | None, den: str | None, min_size: int
 ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
@@ -363,7 +372,14 @@ def disparity_rows(
     s: SpecStats, classes: Sequence[str], params: FairnessParams
 ) -> list[dict[str, Any]]:
     """Difference (max - min), ratio (min / max) and the group farthest from overall, for
-    every metric and class, over the eligible groups; intervals for the named groups."""
+    every metric and class, over the eligible groups; intervals for the named groups.
+    Differences and ratios are fairlearn's (``s`` from :func:`fairness_fairlearn.attach`),
+    except for the ordinal measures, which fairlearn does not define."""
+    from raigate.audit import fairness_fairlearn as ffl
+
+    if s.fairlearn is None:
+        raise ValueError(f"{s.spec.name}: call fairness_fairlearn.attach first")
+    spread = s.fairlearn.spread
     a, m = params.alpha, params.min_group_size
     rows = []
     for metric, key, per_class, den in _METRICS:
@@ -383,6 +399,12 @@ def disparity_rows(
             if sp is None:
                 rows.append({**row, "difference": None, "note": "fewer than 2 eligible groups"})
                 continue
+            difference, ratio = sp.difference, sp.ratio
+            if key in _FAIRLEARN:  # fairlearn's MetricFrame.difference()/.ratio(), checked
+                what = f"{s.spec.name} {metric} difference"
+                fl_diff, fl_ratio = spread[ffl.name(key, c)]
+                difference = ffl.close(fl_diff, sp.difference, what)
+                ratio = _num(ffl.close(fl_ratio, sp.ratio, f"{what} ratio"))
             idx = np.flatnonzero(ok)
             far = int(idx[np.argmax(np.abs(values[idx] - overall))])
             row.update(
@@ -391,9 +413,9 @@ def disparity_rows(
                     "max_value": float(values[sp.hi]),
                     "min_group": s.spec.levels[sp.lo],
                     "min_value": float(values[sp.lo]),
-                    "difference": sp.difference,
+                    "difference": difference,
                     "difference_ci": sp.difference_ci,
-                    "ratio": sp.ratio,
+                    "ratio": ratio,
                     "ratio_ci": sp.ratio_ci,
                     "to_overall_group": s.spec.levels[far],
                     "to_overall_difference": float(values[far] - overall),
