@@ -252,11 +252,15 @@ def test_threshold_variant_is_audited_with_the_attribute(saved: Path, tmp_path: 
     assert fair.metric("accuracy") == result.metric("accuracy")
 
     # a check that needs a function of the image alone refuses it, naming the base model
-    from raigate.audit import explanations, robustness
+    from raigate.audit import explanations, privacy, robustness
+    from raigate.defenses import harden_smoothing
 
-    for run, p in ((robustness.run, None), (explanations.run, None)):
-        with pytest.raises(ConfigError, match="audit the base model"):
+    members = privacy.PrivacyParams(members="demo:train", progress=False)
+    for run, p in ((robustness.run, None), (explanations.run, None), (privacy.run, members)):
+        with pytest.raises(ConfigError, match="attribute-dependent predictor: audit the base"):
             run(variant, test, p)
+    with pytest.raises(ConfigError, match="noise training for smoothing cannot use"):
+        harden_smoothing(variant, test, tmp_path / "s", sigma=0.25, epochs=1, progress=False)
     with pytest.raises(ConfigError, match="lacks"):
         evaluate.run(variant, _without_race(test), evaluate.EvaluateParams(progress=False))
 
@@ -314,6 +318,8 @@ def test_fair_variant_in_a_plan_is_signed_and_verifies(saved: Path, tmp_path: Pa
     assert report["models"]["fair"]["digest"] == thr.digest
     assert report["models"]["fair"]["postprocess"]["needs_attributes_at_prediction"] is True
     assert report["checks"]["fairness_fair"]["model"]["digest"] == thr.digest
+    html = (tmp_path / "bundle" / "report.html").read_text()
+    assert "post-processed by race: needs the sensitive attribute at prediction time" in html
     code, out = invoke("verify", str(tmp_path / "bundle"), "--key", str(key.with_suffix(".pub")))
     assert code == 0, out
     import base64

@@ -22,7 +22,13 @@ from raigate._io import write_atomic
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
 from raigate.labels import data_to_model_index
-from raigate.models.base import Model, module_tensors, require_white_box, state_digest
+from raigate.models.base import (
+    Model,
+    module_tensors,
+    require_plain,
+    require_white_box,
+    state_digest,
+)
 from raigate.models.loaders import ModelSpecFile, write_model_spec
 from raigate.models.weights import save_safetensors
 from raigate.results import dumps
@@ -146,6 +152,7 @@ def harden_smoothing(
     from raigate.audit.evaluate import prepare
     from raigate.defenses.smoothing import train_noise
 
+    require_plain(model, "noise training for smoothing")
     require_white_box(model, "noise training for smoothing")
     _factory_of(model)  # refuse a model whose retrained weights could not be reloaded, first
     start = time.perf_counter()
