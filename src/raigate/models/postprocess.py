@@ -36,7 +36,7 @@ from torch import Tensor
 
 from raigate._io import sha256_file, write_atomic
 from raigate.errors import ConfigError, ModelLoadError
-from raigate.models._common import file_record
+from raigate.models._common import file_record, same_or_conflict
 from raigate.models.base import Model
 from raigate.results import dumps
 
@@ -94,7 +94,6 @@ class BaseRef(BaseModel):
     preprocess: dict[str, Any] | None = None
     outputs: str | None = None
     mode: str | None = None
-    random_init: bool = False
 
 
 class RuleRef(BaseModel):
@@ -160,7 +159,6 @@ def base_reference(model: Model, folder: Path) -> BaseRef:
         preprocess=None if model.preprocess.is_default else model.preprocess.as_dict(),
         outputs=output.get("kind") if isinstance(output, dict) else None,
         mode=model.mode if kind == "onnx" else None,
-        random_init=model.random_init,
     )
 
 
@@ -200,6 +198,14 @@ def load_postprocessed(spec: str, path: Path, raw: dict[str, Any], options: Any)
         raise ModelLoadError(f"model spec {path}: field {field!r}: {err['msg']}") from None
     if options.weights is not None:
         raise ConfigError(f"{path} names its base model and weights; drop --weights")
+    ref = doc.base
+    for what, ours, given in (
+        ("class names", ref.class_names, options.class_names),
+        ("input size", ref.input_size, options.input_size),
+        ("mean", ref.mean, options.mean),
+        ("std", ref.std, options.std),
+    ):
+        same_or_conflict(what, ours, given, str(path))
     reader = POSTPROCESSORS.get(doc.postprocess.kind)
     if reader is None:
         raise ModelLoadError(
@@ -207,7 +213,6 @@ def load_postprocessed(spec: str, path: Path, raw: dict[str, Any], options: Any)
             f"{sorted(POSTPROCESSORS)}"
         )
     folder = path.parent
-    ref = doc.base
     kind, target = parse_model_spec(ref.spec)
     base_spec = _FILE_KINDS[kind] + str(folder / target) if kind in _FILE_KINDS else ref.spec
     base = load_model(
@@ -220,7 +225,6 @@ def load_postprocessed(spec: str, path: Path, raw: dict[str, Any], options: Any)
         preprocess=ref.preprocess,
         outputs=ref.outputs,
         mode=ref.mode,
-        random_init=ref.random_init,
         trust_code=options.trust_code,
         spec_origin=str(path),
     )
