@@ -1,4 +1,5 @@
-"""The demo trains, saves a reusable model spec, and finds the injected disparity."""
+"""The demo trains, saves a reusable model spec, finds the injected disparity, and audits
+its variants (smoothing, fairness hardening, DP-SGD) in the same signed report."""
 
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def test_demo_trains_evaluates_and_finds_the_planted_gap(tmp_path: Path) -> None
     assert any("SYNTHETIC" in line for line in lines)
     assert any(line.startswith("injected disparity") for line in lines)
     # every stage is announced, in order
-    stages = [line[: len("[demo 1/6]")] for line in lines if line.startswith("[demo ")]
-    assert stages == [f"[demo {k}/6]" for k in range(1, 7)], stages
+    stages = [line[: len("[demo 1/7]")] for line in lines if line.startswith("[demo ")]
+    assert stages == [f"[demo {k}/7]" for k in range(1, 8)], stages
     # the bundle is signed with a throwaway key made in the folder, and verifies
     assert any("throwaway key pair" in line for line in lines)
     assert any("signature OK" in line for line in lines)
@@ -50,6 +51,19 @@ def test_demo_trains_evaluates_and_finds_the_planted_gap(tmp_path: Path) -> None
     gates = {g["id"]: g for g in run.outcome.report.gates if g["check"] == "fairness"}
     assert any(g["severity"] == "fail" and group in g["message"] for g in gates.values()), gates
     assert run.outcome.report.verdict == "fail" and not run.outcome.passed
+    # the Group DRO variant is audited like the model: the race gap before and after, each
+    # with its simultaneous interval, printed from the two fairness results
+    checks = run.outcome.report.checks
+    fair = raigate.load_model(str(run.fair_spec))
+    assert checks["fairness_fair"].model.digest == fair.digest != checks["fairness"].model.digest
+    (line,) = [ln for ln in lines if ln.startswith("fairness hardening (group-dro over race)")]
+    for name in ("fairness", "fairness_fair"):
+        (row,) = [
+            r
+            for r in checks[name].metrics["summary"]
+            if r["measure"] == "accuracy_difference" and r["attribute"] == "race"
+        ]
+        assert f"{row['value']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}]" in line
 
     # the saved spec reloads to the same function (same digest) and the same accuracy
     model = raigate.load_model(str(run.model_spec))
@@ -77,15 +91,20 @@ def test_demo_audits_the_smoothed_and_private_variants(tmp_path: Path) -> None:
         "privacy_private": DEMO_CHECKS["privacy_private"].replace("2000", "400"),
     }
     run = run_demo(
-        tmp_path, epochs=2, harden_epochs=1, dp_epochs=5, checks=cheap, progress=False,
-        echo=lambda _: None,
+        tmp_path, epochs=2, harden_epochs=1, fair_epochs=1, dp_epochs=5, checks=cheap,
+        progress=False, echo=lambda _: None,
     )  # fmt: skip
     report = run.outcome.report
     smoothed = raigate.load_model(str(run.smoothed_spec))
     private = raigate.load_model(str(run.private_spec))
+    fair = raigate.load_model(str(run.fair_spec))
     assert report.models["smoothed"]["digest"] == smoothed.digest
     assert report.models["private"]["digest"] == private.digest
-    assert len({report.model["digest"], smoothed.digest, private.digest}) == 3
+    assert report.models["fair"]["digest"] == fair.digest
+    assert len({report.model["digest"], smoothed.digest, private.digest, fair.digest}) == 4
+    record = json.loads((run.fair_spec.parent / "harden.json").read_text())
+    assert record["method"] == "group-dro" and record["attribute"] == "race"
+    assert sum(record["q_final"]) == pytest.approx(1.0)
 
     rob = report.checks["robustness"]
     assert rob.model.digest == report.model["digest"]  # attacks hit the model as shipped
@@ -119,23 +138,24 @@ def test_demo_audits_the_smoothed_and_private_variants(tmp_path: Path) -> None:
     envelope = json.loads((run.bundle / "attestation.dsse.json").read_text())
     stmt = json.loads(base64.b64decode(envelope["payload"]))
     signed = {s["name"] for s in stmt["subject"] if s["name"].startswith("model:")}
-    for spec in (run.model_spec, run.smoothed_spec, run.private_spec):
+    for spec in (run.model_spec, run.smoothed_spec, run.private_spec, run.fair_spec):
         for f in raigate.load_model(str(spec)).files:
             assert any(name.endswith(Path(f["path"]).name) for name in signed), (spec, signed)
     assert stmt["predicate"]["variant_digests"] == {
         "smoothed": smoothed.digest,
+        "fair": fair.digest,
         "private": private.digest,
     }
 
 
 def test_demo_is_reproducible_bit_for_bit(tmp_path: Path) -> None:
     only = {"evaluate": "min_accuracy = 0.5\n"}
-    kw = dict(epochs=1, harden_epochs=1, dp_epochs=1, checks=only, progress=False)
+    kw = dict(epochs=1, harden_epochs=1, fair_epochs=1, dp_epochs=1, checks=only, progress=False)
     a = run_demo(tmp_path / "a", **kw, echo=lambda _: None)  # type: ignore[arg-type]
     b = run_demo(tmp_path / "b", **kw, echo=lambda _: None)  # type: ignore[arg-type]
     assert a.weights.read_bytes() == b.weights.read_bytes()
     assert a.result.model.digest == b.result.model.digest
     assert a.result.metrics == b.result.metrics
-    # the variants too: noise training and DP-SGD are seeded end to end
+    # the variants too: noise training, Group DRO and DP-SGD are seeded end to end
     digests = [{k: v["digest"] for k, v in r.outcome.report.models.items()} for r in (a, b)]
-    assert digests[0] == digests[1] and len(digests[0]) == 2
+    assert digests[0] == digests[1] and len(digests[0]) == 3

@@ -295,9 +295,10 @@ def demo_cmd(
     device: DeviceOpt = "auto",
 ) -> None:
     """The whole audit on built-in synthetic data, offline: train the demo model, a
-    noise-trained variant for randomized smoothing and a DP-SGD variant at --epsilon; audit
-    all three in one plan (accuracy, fairness, explanations, attacks vs the certified
-    defense, measured membership leakage vs the claimed epsilon); sign and verify."""
+    noise-trained variant for randomized smoothing, a Group DRO variant over race and a
+    DP-SGD variant at --epsilon; audit all four in one plan (accuracy, fairness before and
+    after, explanations, attacks vs the certified defense, measured membership leakage vs
+    the claimed epsilon); sign and verify."""
     from raigate.commands.report import print_verdict
     from raigate.demo import run_demo
 
@@ -318,7 +319,7 @@ def demo_cmd(
     )
     typer.echo(
         f"demo finished in {run.seconds:.1f}s; model spec {run.model_spec}, variants "
-        f"{run.smoothed_spec} and {run.private_spec}, plan {run.plan}"
+        f"{run.smoothed_spec}, {run.fair_spec} and {run.private_spec}, plan {run.plan}"
     )
     if not run.outcome.passed:
         typer.echo(

@@ -107,6 +107,20 @@ def one_line(exc: BaseException) -> str:
     return lines[0]
 
 
+def harden_group(app: typer.Typer) -> typer.Typer:
+    """The ``raigate harden`` sub-app that every area's defense adds its command to (made by
+    the first caller, found by the next)."""
+    for group in app.registered_groups:
+        if group.name == "harden" and group.typer_instance is not None:
+            return group.typer_instance
+    harden = typer.Typer(
+        help="Retrain or post-process a model with a defense and save it as a model spec.",
+        no_args_is_help=True,
+    )
+    app.add_typer(harden, name="harden")
+    return harden
+
+
 # -- option parsing -----------------------------------------------------------------------
 def parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
     """Comma-separated numbers or fractions (``1/255,2/255``); anything else, a division by

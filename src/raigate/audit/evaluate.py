@@ -73,6 +73,9 @@ def require_inputs(model: Model, data: Dataset) -> None:
         )
     if data.channels != model.input_shape[0]:
         prepare(model, data)  # raises, naming both channel counts
+    from raigate.models.postprocess import require_attributes
+
+    require_attributes(model, data)  # a post-processed model reads the samples' attributes
 
 
 def validate(model: Model, data: Dataset, params: EvaluateParams) -> None:
@@ -92,14 +95,28 @@ def predict(
     progress: bool = True,
     desc: str = "predict",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Model class indices and the max softmax probability for every sample, in order."""
+    """Model class indices and the softmax probability of the predicted class for every
+    sample, in order. A post-processed model (``model.postprocess``) predicts from the
+    logits and each sample's attributes (rows indexed by position) instead of the argmax."""
     model.to(device)
     preds = np.empty(len(data), dtype=np.int64)
     conf = np.empty(len(data), dtype=np.float32)
+    post = getattr(model, "postprocess", None)
+    attrs = None
+    if post is not None:
+        from raigate.models.postprocess import require_attributes
+
+        require_attributes(model, data)
+        attrs = data.attributes
     loader = prepare(model, data).loader(batch_size, num_workers=workers)
     for x, _, idx in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        probs = model.logits(x.to(device)).softmax(dim=1)
-        p, k = probs.max(dim=1)
+        logits = model.logits(x.to(device))
+        probs = logits.softmax(dim=1)
+        if attrs is None:
+            p, k = probs.max(dim=1)
+        else:
+            k = torch.as_tensor(post.predict(logits, attrs.iloc[idx.numpy()]), device=probs.device)
+            p = probs.gather(1, k[:, None])[:, 0]
         preds[idx.numpy()] = k.cpu().numpy()
         conf[idx.numpy()] = p.cpu().numpy()
     return preds, conf

@@ -82,7 +82,7 @@ from raigate.explain.metrics import (
 )
 from raigate.explain.sanity import cascade, randomization_units
 from raigate.labels import data_to_model_index
-from raigate.models.base import Model
+from raigate.models.base import Model, require_plain
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.values import Fraction, Seed
 
@@ -508,6 +508,7 @@ def _method_status(
 def validate(model: Model, data: Dataset, params: ExplainParams) -> None:
     """Plan preflight: samples, channels, the methods (names, Grad-CAM layer, at least one
     runnable) and, for ``target = "label"``, the class names, before any check runs."""
+    require_plain(model, "the explanations check")
     require_inputs(model, data)
     _method_status(model, params)
     if params.target == "label":
@@ -528,6 +529,7 @@ def run(
     """
     params = params or ExplainParams()
     start = time.perf_counter()
+    require_plain(model, "the explanations check")
     config = params.attribution_config()
     model.to(params.device)
     methods, status = _method_status(model, params)

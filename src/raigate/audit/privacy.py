@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from raigate.data.base import Dataset
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError
-from raigate.models.base import Model
+from raigate.models.base import Model, require_plain
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.values import Fraction, Seed
 
@@ -98,6 +98,7 @@ def _inputs(model: Model, data: Dataset, params: PrivacyParams) -> tuple[Dataset
     from raigate.labels import align_classes
     from raigate.privacy.preflight import check_unwrapped
 
+    require_plain(model, "the privacy check (membership inference)")
     problems = check_unwrapped(model.net)
     if problems:
         raise ConfigError(

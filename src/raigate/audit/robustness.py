@@ -114,7 +114,7 @@ from raigate.defenses.smoothing import SmoothedClassifier, predict_from_counts
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError
 from raigate.labels import align_classes, data_to_model_index
-from raigate.models.base import Model
+from raigate.models.base import Model, require_plain
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.sanity import accuracy_findings
 from raigate.stats import wilson_interval
@@ -619,6 +619,7 @@ def validate(
     """Plan preflight: samples, channels, class names, attack names (and whether they can
     attack a black-box model) and the smoothed variant's fit, checked before any check of
     the plan runs."""
+    require_plain(model, "the robustness check")
     require_inputs(model, data)
     align_classes(model.class_names, data.class_names, params.label_map)
     _resolve_attacks(params, model)
@@ -648,6 +649,7 @@ def run(
         p = p.model_copy(update={"smoothing_model": smoothing_base.spec})
     say = echo or (lambda _msg: None)
     start = time.perf_counter()
+    require_plain(model, "the robustness check")
     mapping = align_classes(model.class_names, data.class_names, p.label_map)
     inverse = data_to_model_index(model.class_names, data.class_names, p.label_map)
     p = _resolve_attacks(p, model)
@@ -789,6 +791,7 @@ def _smoothing_base(model: Model, data: Dataset, p: RobustnessParams, given: Mod
         assert p.smoothing_model is not None
         given = load_model(p.smoothing_model, data=data)
     name = p.smoothing_model or given.spec
+    require_plain(given, "randomized smoothing")
     if list(given.class_names) != list(model.class_names):
         raise ConfigError(
             f"smoothing model {name}: classes {list(given.class_names)} differ from the audited "

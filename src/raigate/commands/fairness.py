@@ -1,7 +1,9 @@
-"""``raigate fairness``: the bias audit of one model on one dataset, group by group.
+"""``raigate fairness``: the bias audit of one model on one dataset, group by group; and
+``raigate harden fairness``: a variant with smaller group gaps.
 
-Thin: parse the options, call :func:`raigate.audit.fairness.run`, print a short table,
-write ``DIR/result.json``, exit 1 when a gate fails (see ``docs/fairness.md``).
+Thin: parse the options, call :func:`raigate.audit.fairness.run` (or
+:func:`raigate.defenses.harden_fairness`), print a short table, write ``DIR/result.json``,
+exit 1 when a gate fails (see ``docs/fairness.md``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import typer
 
 from raigate.cli_common import (
     ClassNamesOpt,
+    DataOpt,
     DeviceOpt,
     InputSizeOpt,
     LabelMapOpt,
     LimitOpt,
     MeanOpt,
     ModelModeOpt,
+    ModelOpt,
     OutputsOpt,
     PreprocessOpt,
     RandomInitOpt,
@@ -31,6 +35,7 @@ from raigate.cli_common import (
     WeightsOpt,
     format_table,
     handle_errors,
+    harden_group,
     load_model_from_options,
     parse_names,
     read_label_map,
@@ -223,6 +228,129 @@ def _named(group: str | None, value: float | None) -> str:
     return "-" if group is None or value is None else f"{group} {value:.3f}"
 
 
+def harden_fairness_cmd(
+    model_spec: ModelOpt,
+    data_spec: DataOpt,
+    attribute: Annotated[
+        str,
+        typer.Option(
+            "--attribute", help="sensitive attribute column, or an intersection: race+gender"
+        ),
+    ],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="reweight (group-balanced weighted loss), resample (group-balanced sampler), "
+            "group-dro (Sagawa et al. 2020) or threshold (fairlearn group thresholds, binary "
+            "tasks; needs the attribute at prediction time)",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="folder for model.json, weights, harden.json")],
+    epochs: Annotated[int, typer.Option("--epochs", help="fine-tuning epochs")] = 5,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="batch size")] = 64,
+    by_label: Annotated[
+        bool,
+        typer.Option(
+            "--by-label/--no-by-label",
+            help="groups are (attribute, label) cells, as in Sagawa et al. 2020",
+        ),
+    ] = False,
+    dro_eta: Annotated[
+        float, typer.Option("--dro-eta", help="group-dro: step size of the group weights q")
+    ] = 0.01,
+    constraint: Annotated[
+        str,
+        typer.Option("--constraint", help="threshold: equalized_odds or demographic_parity"),
+    ] = "equalized_odds",
+    positive: Annotated[
+        str | None,
+        typer.Option("--positive", help="threshold: the positive class (default: the second)"),
+    ] = None,
+    weights: WeightsOpt = None,
+    class_names: ClassNamesOpt = None,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = None,
+    sample: SampleOpt = None,
+    seed: SeedOpt = 0,
+    label_map: LabelMapOpt = None,
+    trust_code: TrustCodeOpt = False,
+    preprocess: PreprocessOpt = None,
+    outputs: OutputsOpt = None,
+    model_mode: ModelModeOpt = None,
+    random_init: RandomInitOpt = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Make a variant of the model with smaller gaps between the groups of --attribute:
+    fine-tune it (reweight, resample, group-dro) or post-process it per group (threshold);
+    writes a model spec every command and audit plan accepts, and harden.json."""
+    from raigate.data import load_data
+    from raigate.defenses import harden_fairness
+
+    data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
+    model = load_model_from_options(
+        model_spec, weights, class_names, input_size, mean, std, data=data,
+        trust_code=trust_code, random_init=random_init,
+        preprocess=preprocess, outputs=outputs, mode=model_mode,
+    )  # fmt: skip
+    res = harden_fairness(
+        model, data, out, method=method, attribute=attribute, by_label=by_label,  # type: ignore[arg-type]
+        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dro_eta=dro_eta,
+        constraint=constraint, positive=positive, device=resolve_device(device),
+        label_map=read_label_map(label_map), progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    print_harden(res, model.display_name, len(data), attribute)
+    cols = attribute.split("+")
+    audit = f"--sensitive {','.join(cols)}" + (f" --intersections {attribute}" if cols[1:] else "")
+    typer.echo(
+        f"\nnext: audit both on held-out data, e.g. raigate fairness --model {res.model_spec} "
+        f"--data DATA {audit} --out DIR (and the same with the original), or name the "
+        "variant in a plan as [models.fair] with a fairness check on it"
+    )
+
+
+def print_harden(res: Any, model_name: str, n: int, attribute: str) -> None:
+    """What ``harden fairness`` did: the fit, the groups' weights / q / rules, the files."""
+    groups = res.groups
+    if res.report is not None:
+        rep = res.report
+        typer.echo(
+            f"fine-tuned {model_name} by {res.method} over {attribute} ({len(groups)} groups) for "
+            f"{len(rep.losses)} epoch(s) on {n} images in {rep.seconds:.1f}s (training "
+            f"accuracy, last epoch: {rep.accuracies[-1]:.4f}; loss {rep.losses[-1]:.4f})"
+        )
+        cols = [c for c in ("weight", "draw_probability", "q") if c in groups[0]]
+        typer.echo(format_table(groups, ["group", "n", *cols]))
+    else:
+        rows = [
+            {
+                "group": g["group"],
+                "n": g["n"],
+                **{f"{k}_before": g["before"][k] for k in ("selection_rate", "tpr", "fpr")},
+                **{f"{k}_after": g["after_expected"][k] for k in ("selection_rate", "tpr", "fpr")},
+            }
+            for g in groups
+        ]
+        typer.echo(
+            f"fit group thresholds on {model_name}'s positive-class probability over {attribute} "
+            f"({len(groups)} groups, {n} images); rates on these data, before (argmax) and after "
+            "(expected, the rule is randomized):"
+        )
+        typer.echo(format_table(rows, list(rows[0])))
+        typer.echo(
+            f"NOTE: this variant predicts from each sample's {attribute}: it needs the sensitive "
+            "attribute at prediction time, which many deployments do not have or may not use. "
+            "The robustness, explain and privacy checks refuse it; audit the base model there."
+        )
+    typer.echo(f"digest  {res.digest}")
+    typer.echo(f"wrote {res.model_spec}, {res.weights} and {res.record}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``raigate fairness`` to the CLI."""
+    """Add ``raigate fairness`` and ``raigate harden fairness`` to the CLI."""
     app.command("fairness")(fairness_cmd)
+    harden_group(app).command("fairness")(handle_errors(harden_fairness_cmd))

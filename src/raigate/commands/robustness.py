@@ -33,6 +33,7 @@ from raigate.cli_common import (
     WeightsOpt,
     format_table,
     handle_errors,
+    harden_group,
     load_model_from_options,
     make_params,
     parse_floats,
@@ -429,19 +430,7 @@ def harden_smoothing_cmd(
     )
 
 
-def _harden_group(app: typer.Typer) -> typer.Typer:
-    """The ``harden`` sub-app, shared with other areas' defenses if one already made it."""
-    for group in app.registered_groups:
-        if group.name == "harden" and group.typer_instance is not None:
-            return group.typer_instance
-    harden = typer.Typer(
-        help="Retrain a model with a defense and save it as a model spec.", no_args_is_help=True
-    )
-    app.add_typer(harden, name="harden")
-    return harden
-
-
 def register(app: typer.Typer) -> None:
     """Add ``raigate robustness`` and ``raigate harden smoothing`` to ``app``."""
     app.command("robustness")(handle_errors(robustness_cmd))
-    _harden_group(app).command("smoothing")(handle_errors(harden_smoothing_cmd))
+    harden_group(app).command("smoothing")(handle_errors(harden_smoothing_cmd))

@@ -1,8 +1,9 @@
 """Defenses that return a model with the interface of the one they wrap.
 
 ``SmoothedClassifier`` (randomized smoothing, Cohen et al. 2019: PREDICT, CERTIFY and an
-EOT ``logits`` for adaptive attacks) and ``harden_smoothing`` (Gaussian-noise training of
-the base model, saved as a reusable model spec).
+EOT ``logits`` for adaptive attacks), ``harden_smoothing`` (Gaussian-noise training of
+the base model, saved as a reusable model spec) and ``harden_fairness`` (group-balanced
+reweighting or resampling, Group DRO, or fairlearn's group thresholds, saved the same way).
 
 >>> import torch
 >>> from raigate import wrap
@@ -15,6 +16,7 @@ torch.Size([3, 2])
 
 from __future__ import annotations
 
+from raigate.defenses.fairness import METHODS, FairHardenResult, GroupDRO, harden_fairness
 from raigate.defenses.harden import HardenResult, harden_smoothing
 from raigate.defenses.smoothing import (
     ABSTAIN,
@@ -26,10 +28,14 @@ from raigate.defenses.smoothing import (
 
 __all__ = [
     "ABSTAIN",
+    "METHODS",
     "Certificate",
+    "FairHardenResult",
+    "GroupDRO",
     "HardenResult",
     "SmoothedClassifier",
     "clopper_pearson_lower",
+    "harden_fairness",
     "harden_smoothing",
     "train_noise",
 ]

@@ -22,13 +22,26 @@ from raigate._io import write_atomic
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
 from raigate.labels import data_to_model_index
-from raigate.models.base import Model, module_tensors, require_white_box, state_digest
+from raigate.models.base import (
+    Model,
+    module_tensors,
+    require_plain,
+    require_white_box,
+    state_digest,
+)
 from raigate.models.loaders import ModelSpecFile, write_model_spec
 from raigate.models.weights import save_safetensors
 from raigate.results import dumps
 from raigate.training import FitReport
 
-__all__ = ["HardenResult", "harden_smoothing", "labels_in_model_order"]
+__all__ = [
+    "HardenResult",
+    "base_record",
+    "data_record",
+    "harden_smoothing",
+    "labels_in_model_order",
+    "save_variant",
+]
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,43 @@ def labels_in_model_order(
     return view
 
 
+def save_variant(model: Model, trained: Model, out: Path, name: str) -> tuple[Path, Path, str]:
+    """Write ``trained`` (a retrained copy of ``model``) to ``out`` as ``NAME.safetensors`` and
+    a model spec ``NAME.json`` with ``model``'s factory, classes and preprocessing; returns
+    (weights, spec, digest of the trained network)."""
+    factory, kwargs = _factory_of(model)
+    trained.to("cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    weights = save_safetensors(trained.net, out / f"{name}.safetensors")
+    spec = write_model_spec(
+        out / f"{name}.json",
+        factory=factory,
+        kwargs=kwargs,
+        weights=weights,
+        class_names=list(model.class_names),
+        input_shape=list(model.input_shape),
+        mean=trained.normalize.mean.flatten().tolist(),
+        std=trained.normalize.std.flatten().tolist(),
+        preprocess=model.preprocess,
+    )
+    return weights, spec, state_digest(module_tensors(trained.net))
+
+
+def base_record(model: Model) -> dict[str, Any]:
+    """The model a defense started from, for its ``harden.json`` record."""
+    return {"spec": model.spec, "digest": model.digest, "random_init": model.random_init}
+
+
+def data_record(data: Dataset) -> dict[str, Any]:
+    """The data a defense was fit on, pinned by its manifest digest."""
+    return {
+        "spec": data.spec,
+        "manifest_digest": data.manifest.digest,
+        "n": len(data),
+        "synthetic": data.synthetic,
+    }
+
+
 def harden_smoothing(
     model: Model,
     data: Dataset,
@@ -102,8 +152,9 @@ def harden_smoothing(
     from raigate.audit.evaluate import prepare
     from raigate.defenses.smoothing import train_noise
 
+    require_plain(model, "noise training for smoothing")
     require_white_box(model, "noise training for smoothing")
-    factory, kwargs = _factory_of(model)
+    _factory_of(model)  # refuse a model whose retrained weights could not be reloaded, first
     start = time.perf_counter()
     trained = copy.deepcopy(model)
     train_data = labels_in_model_order(model, prepare(model, data), label_map)
@@ -111,22 +162,8 @@ def harden_smoothing(
         trained, train_data, sigma=sigma, epochs=epochs, lr=lr, batch_size=batch_size,
         seed=seed, device=device, progress=progress,
     )  # fmt: skip
-    trained.to("cpu")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = save_safetensors(trained.net, out / f"{name}.safetensors")
-    spec = write_model_spec(
-        out / f"{name}.json",
-        factory=factory,
-        kwargs=kwargs,
-        weights=weights,
-        class_names=list(model.class_names),
-        input_shape=list(model.input_shape),
-        mean=trained.normalize.mean.flatten().tolist(),
-        std=trained.normalize.std.flatten().tolist(),
-        preprocess=model.preprocess,
-    )
-    digest = state_digest(module_tensors(trained.net))
+    weights, spec, digest = save_variant(model, trained, out, name)
     record = write_atomic(
         out / "harden.json",
         dumps(
@@ -138,18 +175,9 @@ def harden_smoothing(
                 "optimizer": f"Adam lr={lr}",
                 "batch_size": batch_size,
                 "seed": seed,
-                "base_model": {
-                    "spec": model.spec,
-                    "digest": model.digest,
-                    "random_init": model.random_init,
-                },
+                "base_model": base_record(model),
                 "hardened_model": {"spec": spec.name, "digest": digest},
-                "data": {
-                    "spec": data.spec,
-                    "manifest_digest": data.manifest.digest,
-                    "n": len(data),
-                    "synthetic": data.synthetic,
-                },
+                "data": data_record(data),
                 "train_loss": report.losses,
                 "train_accuracy_on_noisy_batches": report.accuracies,
                 "seconds": round(time.perf_counter() - start, 3),

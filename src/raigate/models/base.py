@@ -180,6 +180,9 @@ class Model(nn.Module):
         self.random_init = bool(random_init)
         self.files: list[dict[str, Any]] = [dict(f) for f in files]
         self.capabilities = capabilities or detect_capabilities(net)
+        # a rule from logits and the samples' sensitive attributes to labels, set by the
+        # post-processed model loader (raigate.models.postprocess); None: argmax of logits
+        self.postprocess: Any = None
         self._digest = digest
         super().train(False)
 
@@ -265,6 +268,7 @@ class Model(nn.Module):
             "digest": self.digest,
             "files": self.files,
             "warnings": [w.model_dump() for w in self.warnings],
+            **({"postprocess": self.postprocess.describe()} if self.postprocess else {}),
         }
 
 
@@ -304,4 +308,19 @@ def require_white_box(model: nn.Module, what: str) -> None:
     raise ConfigError(
         f"{name} is black-box (queries only); {what} needs the network: give a factory + "
         "weights or a white-box ONNX"
+    )
+
+
+def require_plain(model: nn.Module, what: str) -> None:
+    """ConfigError (one line) when ``model`` predicts through a rule that reads the samples'
+    sensitive attributes (a ``raigate harden fairness --method threshold`` variant): ``what``
+    (attacks, explanations, membership inference) needs a function of the image alone."""
+    post = getattr(model, "postprocess", None)
+    if post is None or not isinstance(model, Model):
+        return
+    base = model.details.get("base_model", {}).get("spec", "its base model")
+    raise ConfigError(
+        f"{model.display_name} post-processes its predictions with the sensitive attribute(s) "
+        f"{'+'.join(post.needs_attributes)}; {what} cannot use an attribute-dependent "
+        f"predictor: audit the base model ({base}) instead"
     )

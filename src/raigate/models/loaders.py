@@ -8,7 +8,9 @@ kind            what it reads
 ``torchscript`` ``FILE.pt`` / ``.pth`` / ``.ts`` saved by ``torch.jit.save``
 ``export``      ``FILE.pt2`` saved by ``torch.export.save``
 ``hf``          ``hf:DIR``, a local Hugging Face image classifier (see ``raigate.models.hf``)
-``json``        ``FILE.json``, a raigate model spec written by :func:`write_model_spec`
+``json``        ``FILE.json``, a raigate model spec written by :func:`write_model_spec`, or a
+                post-processed model (a base model + a rule reading the samples'
+                attributes, :mod:`raigate.models.postprocess`)
 ``onnx``        ``onnx:FILE`` / ``FILE.onnx``, run by onnxruntime, white-box through a
                 checked torch conversion when possible (``raigate.models.onnx``)
 ``pyfn``        ``pyfn:pkg.module:predict``, a served model's client, black-box, only
@@ -370,11 +372,14 @@ class ModelSpecFile(BaseModel):
         return v
 
 
-def _read_spec_file(p: Path) -> ModelSpecFile:
+def _read_json(p: Path) -> Any:
     try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"model spec {p} is not valid JSON: {e}") from e
+
+
+def _read_spec_file(p: Path, raw: Any) -> ModelSpecFile:
     try:
         return ModelSpecFile.model_validate(raw)
     except ValidationError as e:
@@ -388,7 +393,14 @@ def _read_spec_file(p: Path) -> ModelSpecFile:
 def load_json(spec: str, target: str, options: ModelOptions) -> Model:
     """A raigate model spec file; options may repeat its values but never override them."""
     p = existing_file(target, "model spec file")
-    doc = _read_spec_file(p)
+    raw = _read_json(p)
+    if isinstance(raw, dict) and "postprocess" in raw:
+        # a base model plus an attribute-dependent rule (raigate harden fairness --method
+        # threshold): raigate.models.postprocess
+        from raigate.models.postprocess import load_postprocessed
+
+        return load_postprocessed(spec, p, raw, options)
+    doc = _read_spec_file(p, raw)
     src = str(p)
     # The spec file is data: its factory runs only if built in or trusted, never imported first.
     check_trust(doc.factory, origin=src, trust_code=options.trust_code)

@@ -75,8 +75,16 @@ def _verdict(result: CheckResult) -> str:
 
 
 def _shown(model: dict[str, Any]) -> str:
-    """A model's spec as a reader sees it: an untrained network says so."""
-    return f"{model.get('spec')}{RANDOM_INIT_MARK if model.get('random_init') else ''}"
+    """A model's spec as a reader sees it: an untrained network says so, and so does a
+    variant that predicts from the samples' sensitive attributes."""
+    post = model.get("postprocess")
+    needs = (
+        f" (post-processed by {'+'.join(post.get('attributes', []))}: needs the sensitive "
+        "attribute at prediction time)"
+        if isinstance(post, dict)
+        else ""
+    )
+    return f"{model.get('spec')}{RANDOM_INIT_MARK if model.get('random_init') else ''}{needs}"
 
 
 def _section(name: str, result: CheckResult, bundle: Path, on: str = "model") -> str:
