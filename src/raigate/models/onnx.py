@@ -33,6 +33,7 @@ report says so.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -407,13 +408,18 @@ def load_pyfn(spec: str, target: str, options: ModelOptions) -> Model:
     outputs = declared or ("probs" if looks_like_probabilities(scores) else "logits")
     source = inspect.getsourcefile(module or fn)
     files = [file_record(source)] if source and Path(source).is_file() else []
-    digest = "sha256:" + sha256_file(source) if files else "sha256:" + "0" * 64
+    if files:
+        digest = "sha256:" + sha256_file(source)  # type: ignore[arg-type]
+        digest_of = "the predictor's source file; the model behind it is not pinned"
+    else:  # defined outside a readable .py file: only its name can be pinned
+        digest = "sha256:" + hashlib.sha256(target.encode("utf-8")).hexdigest()
+        digest_of = "the predictor's name only (no source file); nothing behind it is pinned"
     details = {
         "format": "pyfn",
         "predictor": target,
         "input": "uint8 RGB NHWC (pixels quantized to 1/255 after resize/crop)",
         "output": {"kind": outputs, "detected": declared is None},
-        "digest_of": "the predictor's source file; the model behind it is not pinned",
+        "digest_of": digest_of,
     }
     return Model(
         QueryNet(predict, outputs=outputs, name=target),  # type: ignore[arg-type]
