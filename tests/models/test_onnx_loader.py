@@ -160,7 +160,8 @@ def test_bad_files_exit_2_with_one_line(tmp_path: Path) -> None:
 
 def test_wrong_width_names_the_fix(trained: Any, tmp_path: Path) -> None:
     path = export(_Normalized(trained), tmp_path / "m.onnx")
-    with pytest.raises(ModelLoadError, match="outputs 2 scores but has 3 class names"):
+    expected = r"outputs 2 logits but 3 class names were given; pass matching --class-names$"
+    with pytest.raises(ModelLoadError, match=expected):
         raigate.load_model(f"onnx:{path}", class_names=["a", "b", "c"], mode="black-box")
 
 

@@ -74,7 +74,6 @@ from raigate.values import Seed
 
 NAME = "fairness"
 FAIRFACE_ATTRIBUTES: tuple[str, ...] = ("race", "gender", "age")
-NOT_ATTRIBUTES = frozenset({"file", "path", "filename"})
 
 
 class FairnessThresholds(BaseModel):
@@ -181,7 +180,7 @@ def resolve_groups(
     data: Dataset, sensitive: list[str] | None, intersections: list[list[str]] | None
 ) -> list[tuple[str, ...]]:
     """The attribute column tuples to audit, validated against ``data.attributes``."""
-    available = [str(c) for c in data.attributes.columns if str(c) not in NOT_ATTRIBUTES]
+    available = data.attribute_columns
     if sensitive is None:
         sensitive = [c for c in FAIRFACE_ATTRIBUTES if c in available]
         if not sensitive:

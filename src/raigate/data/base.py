@@ -56,13 +56,19 @@ class Manifest:
         }
 
 
-def resize_tensor(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear, antialiased resize of one ``[C, H, W]`` image, kept in [0, 1]."""
+NOT_ATTRIBUTES = frozenset({"file", "path", "filename"})
+"""Attribute columns that name a sample's file, not a group it belongs to: no fairness
+check or group balancing reads them as a sensitive attribute."""
+
+
+def resize_tensor(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    """Resize one ``[C, H, W]`` image, kept in [0, 1]; bilinear and bicubic are antialiased
+    (as PIL shrinks), ``nearest`` and ``area`` are as torch defines them."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    out = F.interpolate(
-        x.unsqueeze(0), size=size, mode="bilinear", antialias=True, align_corners=False
-    )
+    smooth = mode in ("bilinear", "bicubic")
+    kwargs = {"antialias": True, "align_corners": False} if smooth else {}
+    out = F.interpolate(x.unsqueeze(0), size=size, mode=mode, **kwargs)  # type: ignore[arg-type]
     return out.squeeze(0).clamp_(0.0, 1.0)
 
 
@@ -144,6 +150,11 @@ class Dataset(torch.utils.data.Dataset):
     def attributes(self) -> pd.DataFrame:
         """Per-sample attributes, index 0..len-1 aligned with ``index`` from the loader."""
         return self._all_attributes.iloc[self._rows].reset_index(drop=True)
+
+    @property
+    def attribute_columns(self) -> list[str]:
+        """Columns that can name groups (every attribute but file names, NOT_ATTRIBUTES)."""
+        return [str(c) for c in self._all_attributes.columns if str(c) not in NOT_ATTRIBUTES]
 
     @property
     def shape(self) -> tuple[int, int, int]:

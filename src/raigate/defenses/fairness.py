@@ -303,21 +303,15 @@ def _write_record(out: Path, doc: dict[str, Any]) -> Path:
     return write_atomic(out / "harden.json", dumps(doc))
 
 
-@torch.no_grad()
 def positive_scores(
     model: Model, data: Dataset, positive: int, *, batch_size: int, device: str, progress: bool
 ) -> np.ndarray:
     """Softmax probability of class ``positive`` for every sample of ``data`` (prepared for
     the model), in order: the score the thresholds are fit on and applied to."""
-    from tqdm.auto import tqdm
+    from raigate.privacy.mia import model_outputs
 
-    model.to(device)
-    scores = np.empty(len(data), dtype=np.float64)
-    loader = data.loader(batch_size)
-    for x, _, idx in tqdm(loader, desc="scores", leave=False, disable=not progress):
-        probs = model.logits(x.to(device)).softmax(dim=1)
-        scores[idx.numpy()] = probs[:, positive].cpu().double().numpy()
-    return scores
+    out = model_outputs(model, data, batch_size=batch_size, device=device, progress=progress)
+    return out.probs[:, positive].astype(np.float64)
 
 
 def _rates(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:

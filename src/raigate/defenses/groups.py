@@ -40,7 +40,6 @@ __all__ = [
     "parse_attribute",
 ]
 
-NOT_ATTRIBUTES = frozenset({"file", "path", "filename"})  # as the fairness check skips them
 
 
 def parse_attribute(attribute: str | list[str] | tuple[str, ...], data: Dataset) -> tuple[str, ...]:
@@ -48,7 +47,7 @@ def parse_attribute(attribute: str | list[str] | tuple[str, ...], data: Dataset)
     column is a ConfigError naming the columns the data has."""
     parts = attribute.split("+") if isinstance(attribute, str) else list(attribute)
     cols = tuple(c.strip() for c in parts if c.strip())
-    available = [str(c) for c in data.attributes.columns if str(c) not in NOT_ATTRIBUTES]
+    available = data.attribute_columns
     if not cols or len(set(cols)) != len(cols):
         raise ConfigError(
             f"--attribute {'+'.join(parts)!r}: name one column or join different columns with "

@@ -88,9 +88,11 @@ def _check_output_width(
     *,
     names_from_data: bool = False,
     preprocess: Preprocess | None = None,
+    fix: str = "pass matching --class-names (or a factory num_classes that fits)",
 ) -> None:
     """One forward pass on zeros: a wrong head or input size fails here, not mid-audit.
-    The zeros come in the layout the network takes (``preprocess.layout``)."""
+    The zeros come in the layout the network takes (``preprocess.layout``); ``fix`` is the
+    advice for too few or too many class names."""
     c, h, w = input_size
     nhwc = preprocess is not None and preprocess.layout == "nhwc"
     shape = [2, h, w, c] if nhwc else [2, c, h, w]
@@ -120,7 +122,7 @@ def _check_output_width(
     if out.shape[1] != classes:
         raise ModelLoadError(
             f"model {spec!r} outputs {out.shape[1]} logits but {classes} class names were given; "
-            "pass matching --class-names (or a factory num_classes that fits)"
+            + fix
         )
 
 

@@ -58,7 +58,7 @@ from raigate.models._common import (
 )
 from raigate.models.base import Capabilities, Model, detect_capabilities, state_digest
 from raigate.models.blackbox import PROB_FLOOR, QueryNet, looks_like_probabilities
-from raigate.models.loaders import ExportedNet
+from raigate.models.loaders import ExportedNet, _check_output_width
 from raigate.models.preprocess import Preprocess
 from raigate.models.specs import ModelOptions
 
@@ -231,26 +231,6 @@ def _outputs_kind(
     return ("probs" if looks_like_probabilities(predict(probe)) else "logits"), True
 
 
-def _check_width(
-    scores: np.ndarray, names: tuple[str, ...], spec: str, options: ModelOptions
-) -> None:
-    k = scores.shape[1] if scores.ndim == 2 else None
-    if scores.ndim != 2:
-        raise ModelLoadError(
-            f"model {spec!r} returns shape {list(scores.shape)}; expected scores of shape "
-            "[batch, classes]"
-        )
-    if k != len(names):
-        hint = (
-            "class names taken from the data: pass --class-names in the model's output order"
-            if names_from_data(options)
-            else "pass matching --class-names"
-        )
-        raise ModelLoadError(
-            f"model {spec!r} outputs {k} scores but has {len(names)} class names; {hint}"
-        )
-
-
 def load_onnx(spec: str, target: str, options: ModelOptions) -> Model:
     """``onnx:FILE``: onnxruntime for inference, converted to torch when exact enough."""
     p = existing_file(target, "ONNX file")
@@ -293,8 +273,10 @@ def load_onnx(spec: str, target: str, options: ModelOptions) -> Model:
     run = _run(session, inp.name, dtype)
     net_shape = shape if layout == "nchw" else (shape[1], shape[2], shape[0])
     probe_net = QueryNet(run, outputs="logits", static_batch=batch, name=str(p))
-    scores = probe_net(torch.zeros((2, *net_shape))).numpy()
-    _check_width(scores, names, spec, options)
+    _check_output_width(
+        probe_net, shape, len(names), spec, names_from_data=names_from_data(options),
+        preprocess=pre, fix="pass matching --class-names",
+    )  # fmt: skip
     outputs, detected = _outputs_kind(
         options.outputs, lambda a: probe_net(torch.from_numpy(a)).numpy(), net_shape
     )
@@ -397,15 +379,13 @@ def load_pyfn(spec: str, target: str, options: ModelOptions) -> Model:
         return np.asarray(fn(np.ascontiguousarray(u8)), dtype=np.float32)
 
     probe = QueryNet(predict, outputs="logits", name=target)
-    try:
-        scores = probe(torch.zeros((2, *shape))).numpy()
-    except ModelLoadError:
-        raise
-    except Exception as e:
-        raise ModelLoadError(f"predictor {target} fails on a uint8 batch: {one_line(e)}") from e
-    _check_width(scores, names, spec, options)
-    declared = options.outputs if options.outputs not in (None, "auto") else None
-    outputs = declared or ("probs" if looks_like_probabilities(scores) else "logits")
+    _check_output_width(
+        probe, shape, len(names), spec, names_from_data=names_from_data(options),
+        fix="pass matching --class-names",
+    )  # fmt: skip
+    outputs, detected = _outputs_kind(
+        options.outputs, lambda a: probe(torch.from_numpy(a)).numpy(), shape
+    )
     source = inspect.getsourcefile(module or fn)
     files = [file_record(source)] if source and Path(source).is_file() else []
     if files:
@@ -418,7 +398,7 @@ def load_pyfn(spec: str, target: str, options: ModelOptions) -> Model:
         "format": "pyfn",
         "predictor": target,
         "input": "uint8 RGB NHWC (pixels quantized to 1/255 after resize/crop)",
-        "output": {"kind": outputs, "detected": declared is None},
+        "output": {"kind": outputs, "detected": detected},
         "digest_of": digest_of,
     }
     return Model(

@@ -48,10 +48,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor, nn
 
+from raigate.data.base import resize_tensor
 from raigate.errors import ConfigError
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "area"]
@@ -220,12 +220,7 @@ def apply_geometry(x: Tensor, p: Preprocess, target: tuple[int, int]) -> Tensor:
     h, w = int(x.shape[-2]), int(x.shape[-1])
     size = _resized_size(h, w, p, target)
     if size != (h, w):
-        mode = p.interpolation
-        kwargs: dict[str, Any] = {}
-        if mode in ("bilinear", "bicubic"):
-            kwargs = {"align_corners": False, "antialias": True}
-        x = F.interpolate(x.unsqueeze(0), size=size, mode=mode, **kwargs).squeeze(0)
-        x = x.clamp_(0.0, 1.0)
+        x = resize_tensor(x, size, p.interpolation)
         h, w = size
     if p.crop is not None:
         ch, cw = p.crop
