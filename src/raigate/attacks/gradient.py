@@ -69,7 +69,8 @@ def check_norm(norm: str) -> Norm:
     return cast(Norm, norm)
 
 
-def _check_eps(eps: float) -> float:
+def check_eps(eps: float) -> float:
+    """``eps`` as a float, or a ConfigError when it is negative or not finite."""
     if not math.isfinite(eps) or eps < 0:
         raise ConfigError(f"--eps values must be finite and >= 0, got {eps}")
     return float(eps)
@@ -137,7 +138,7 @@ def fgsm(model: Model, x: Tensor, y: Tensor, *, eps: float, norm: Norm = "linf")
     """One-step attack (FGSM for L-inf, FGM for L2) on a batch; ``y`` are model class
     indices of the true labels. Equals ART's ``FastGradientMethod(norm, eps)`` output."""
     norm = check_norm(norm)
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     if eps == 0:
         return x.detach().clone()
     _, grad = _loss_and_grad(model, x, y)
@@ -209,7 +210,7 @@ def pgd_search(
     ``include_fgsm=True`` the FGSM point is computed here. ``seed`` fixes the random starts.
     """
     norm = check_norm(norm)
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     if steps < 1 or restarts < 1:
         raise ConfigError(f"--pgd-steps and --pgd-restarts must be >= 1, got {steps}, {restarts}")
     x = x.detach()

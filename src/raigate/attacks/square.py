@@ -48,7 +48,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from raigate.attacks.gradient import Norm, check_norm, perturbation_norm, project
+from raigate.attacks.gradient import Norm, check_eps, check_norm, perturbation_norm, project
 from raigate.attacks.query import QueryResult, check_budget
 from raigate.errors import ConfigError
 from raigate.models.base import Model
@@ -244,8 +244,7 @@ def square_attack(
     :data:`DEFAULT_P_INIT` for the norm."""
     norm = check_norm(norm)
     budget = check_budget(query_budget)
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ConfigError(f"--eps values must be finite and >= 0, got {eps}")
+    eps = check_eps(eps)
     p_init = DEFAULT_P_INIT[norm] if p_init is None else float(p_init)
     if not 0 < p_init <= 1:
         raise ConfigError(f"square attack p_init must be in (0, 1], got {p_init}")
