@@ -5,7 +5,7 @@ this script only reads what they wrote and prints Markdown: overall accuracy, pe
 the worst race x gender group with Wilson intervals, and the largest accuracy gap per
 attribute with its simultaneous interval from the fairness gates.
 
-    python experiments/faces_real_tables.py DIR   (DIR holds fair-*/ and priv-*/ folders)
+    python experiments/faces_real_tables.py DIR   (DIR holds fair2-*/ and priv2-*/ folders)
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ def main(root: Path) -> None:
         ("(b) control: plain fine-tune, 2 epochs", "fair2-control"),
         ("(b) reweight over race", "fair2-reweight"), ("(b) Group DRO over race", "fair2-dro"),
         ("(b) threshold (equalized odds over race)", "fair2-threshold"),
+        ("(d) non-private, balanced over race×gender", "fair2-bal-rg"),
+        ("(d) DP ε=2 + balance over race×gender", "fair2-dpbal-rg"),
+        ("(d) DP ε=2 + balance over race", "fair2-dpbal-r"),
+        ("(d) DP ε=2 + threshold over race (held-out faces)", "fair2-dpthreshold"),
     ) if (root / name / "result.json").is_file()]  # fmt: skip
     rows = [fairness_row(label, path) for label, path in runs]
     print("| model | accuracy (n=3,000) | worst race×gender group | race gap | race×gender gap |")
@@ -69,7 +73,7 @@ def main(root: Path) -> None:
     for r in rows:
         cells = [f"{r['race'][n]['accuracy']:.3f}" for n in names]
         print(f"| {r['label']} | " + " | ".join(cells) + " |")
-    for name in ("priv2-baseline", "priv2-dp"):
+    for name in ("priv2-baseline", "priv2-dp", "priv2-dpbal-rg"):
         p = root / name / "result.json"
         if p.is_file():
             m = json.loads(p.read_text())["metrics"]

@@ -111,6 +111,18 @@ def train_cmd(
     baseline_lr: Annotated[
         float | None, typer.Option("--baseline-lr", help="baseline learning rate (default --lr)")
     ] = None,
+    balance: Annotated[
+        str | None,
+        typer.Option(
+            "--balance",
+            help="equal total weight per group of this attribute (race, race+gender), by "
+            "group-weighted clipping; the group counts are released with noise and accounted",
+        ),
+    ] = None,
+    balance_noise: Annotated[
+        float,
+        typer.Option("--balance-noise", help="std of the Gaussian noise on the group counts"),
+    ] = 20.0,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="continue the unfinished run saved in DIR")
     ] = None,
@@ -164,6 +176,8 @@ def train_cmd(
         grad_sample_mode=grad_sample_mode,
         baseline=baseline,
         baseline_lr=baseline_lr,
+        balance=balance,
+        balance_noise=balance_noise,
         checkpoint_every=checkpoint_every,
         stop_after_steps=stop_after_steps,
         secure_mode=secure_mode,
@@ -234,6 +248,14 @@ def _print_training(run: Any) -> None:
         f"prv {led.epsilons['prv']:.4f}, rdp {led.epsilons['rdp']:.4f}; target "
         f"{led.target_epsilon:g}"
     )
+    if led.group_balance:
+        b = led.group_balance
+        weights = ", ".join(f"{g} {w:.2f}" for g, w in zip(b["groups"], b["weights"], strict=True))
+        typer.echo(
+            f"balance over {b['attribute']}: clipped gradients weighted by group ({weights}; "
+            f"mean weight {b['mean_weight']:.2f}); counts released with Gaussian noise of std "
+            f"{b['count_noise']:g}, included in epsilon"
+        )
     if run.weights_in_sync is not None:
         typer.echo(f"weights in sync across processes: {'yes' if run.weights_in_sync else 'NO'}")
     if run.canaries is not None:

@@ -35,7 +35,15 @@ ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 LEDGER_NAME = "ledger.json"
 PRV_EPS_ERROR = 0.01
 
-__all__ = ["ACCOUNTANTS", "LEDGER_NAME", "Accountant", "Ledger", "epsilon_for", "epsilons_for"]
+__all__ = [
+    "ACCOUNTANTS",
+    "BALANCE_DEFINITION",
+    "LEDGER_NAME",
+    "Accountant",
+    "Ledger",
+    "epsilon_for",
+    "epsilons_for",
+]
 
 
 def epsilon_for(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
@@ -61,6 +69,10 @@ def _epsilon_cached(
         # RDP: "optimal order is the largest alpha" only says a wider order grid could give
         # a tighter (smaller) epsilon; the value returned is still a valid upper bound.
         warnings.filterwarnings("ignore", message="Optimal order is the")
+        # PRV at sample rate 1 (an unsubsampled Gaussian, e.g. --balance's noisy counts)
+        # takes log(1 - q) = -inf inside Opacus; the value it returns is still right
+        # (tested against the analytic Gaussian mechanism).
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log")
         if accountant == "prv":
             return float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
         return float(acc.get_epsilon(delta=delta))
@@ -107,6 +119,9 @@ class Ledger(BaseModel):
     opacus_version: str
     complete: bool
     history: list[tuple[float, float, int]]
+    group_balance: dict[str, Any] | None = Field(
+        None, description="--balance: the groups, their noisy counts and weights (see definitions)"
+    )
     definitions: dict[str, str] = Field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -150,3 +165,11 @@ DEFINITIONS: dict[str, str] = {
     "epsilons.prv": "PRV accountant (Gopi et al. 2021), upper bound at eps_error=0.01",
     "epsilons.rdp": "RDP accountant (Mironov et al. 2019), Opacus' conversion to (eps, delta)",
 }
+
+BALANCE_DEFINITION = (
+    "group-weighted clipping (--balance): each example's clipped gradient is multiplied by its "
+    "group's weight min_h n_h / n_g <= 1 before summing, so the sensitivity stays max_grad_norm; "
+    "the counts n_g are released once by the Gaussian mechanism with std count_noise (the "
+    "history's entry (count_noise, 1.0, 1)), composed with the training steps"
+)
+"""The ledger's ``definitions["group_balance"]``, present when the run balanced groups."""

@@ -44,20 +44,23 @@ def load_tensors(data: Dataset, *, progress: bool = True) -> tuple[Tensor, Tenso
 
 
 class TensorSet(torch.utils.data.Dataset):
-    """Images and labels as tensors; a DataLoader fetches a whole batch in one indexing."""
+    """Images and labels (and, optionally, per-example weights) as tensors; a DataLoader
+    fetches a whole batch in one indexing."""
 
-    def __init__(self, x: Tensor, y: Tensor) -> None:
-        self.x, self.y = x, y
+    def __init__(self, x: Tensor, y: Tensor, w: Tensor | None = None) -> None:
+        self.x, self.y, self.w = x, y, w
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.x[i], self.y[i]
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        return (self.x[i], self.y[i]) if self.w is None else (self.x[i], self.y[i], self.w[i])
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, ...]:
         idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return self.x[idx], self.y[idx]
+        if self.w is None:
+            return self.x[idx], self.y[idx]
+        return self.x[idx], self.y[idx], self.w[idx]
 
 
 def keep_batch(batch: Any) -> Any:

@@ -59,6 +59,12 @@ from raigate._io import write_atomic
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError, DataError, MissingDependencyError
 from raigate.models.base import Model, Normalize, require_white_box
+from raigate.privacy.balance import (
+    COUNT_FLOOR,
+    GroupBalance,
+    balance_groups,
+    weighted_clip_optimizer,
+)
 from raigate.privacy.canaries import CanaryAudit, CanaryPlan, audit_canaries, plan_canaries
 from raigate.privacy.fold import BatchNormAction, batchnorm_layers, rebuild
 from raigate.privacy.grad_sample import (
@@ -67,7 +73,14 @@ from raigate.privacy.grad_sample import (
     average_augmentations,
     resolve_mode,
 )
-from raigate.privacy.ledger import DEFINITIONS, Accountant, Ledger, epsilon_for, epsilons_for
+from raigate.privacy.ledger import (
+    BALANCE_DEFINITION,
+    DEFINITIONS,
+    Accountant,
+    Ledger,
+    epsilon_for,
+    epsilons_for,
+)
 from raigate.privacy.preflight import (
     Problem,
     check_budget,
@@ -128,6 +141,14 @@ class DPParams(BaseModel):
     checkpoint_every: int | None = Field(None, gt=0, description="steps between checkpoints")
     baseline: bool = Field(False, description="also train without DP on the same steps")
     baseline_lr: float | None = Field(None, gt=0, description="lr of the baseline (default lr)")
+    balance: str | None = Field(
+        None,
+        description="attribute (race, race+gender) whose groups get equal total weight, by "
+        "group-weighted clipping (see raigate.privacy.balance)",
+    )
+    balance_noise: float = Field(
+        20.0, gt=0, description="std of the Gaussian noise on the group counts --balance uses"
+    )
     seed: Seed = 0
     device: str = "cpu"
     progress: bool = True
@@ -516,7 +537,40 @@ def _run(
     q = params.batch_size / n
     planned = math.ceil(params.epochs / q - 1e-9)
     physical = params.physical_batch_size or min(256, params.batch_size)
-    sigma = _calibrate(params, q, planned)
+    secure = _secure_generator() if params.secure_mode else None
+    balance: GroupBalance | None = None
+    w_train: Tensor | None = None
+    prefix: tuple[tuple[float, float, int], ...] = ()
+    if params.balance:
+        from raigate.defenses.groups import groups_of
+
+        groups = groups_of(data, params.balance)
+        released = None
+        if resume_dir is not None:  # the counts were released once, at the start: reuse them
+            saved_balance = _load_checkpoint(resume_dir / CHECKPOINT_NAME)["config"].get("balance")
+            if saved_balance and saved_balance.get("groups") == groups.names:
+                released = saved_balance["noisy_counts"]
+        balance, w_train = balance_groups(
+            "+".join(groups.columns),
+            groups.names,
+            groups.codes[keep],
+            params.balance_noise,
+            secure or _rng(params.seed, 3),
+            released=released,
+        )
+        prefix = ((params.balance_noise, 1.0, 1),)
+        if balance.floored:
+            problems.append(
+                Problem(
+                    "balance",
+                    "warn",
+                    f"--balance {params.balance}: the noisy counts of {balance.floored} are "
+                    f"within {COUNT_FLOOR:g} x --balance-noise of zero, so their weights rest "
+                    "on the floor, not on their size; balance a coarser attribute, lower "
+                    "--balance-noise, or train on more data",
+                )
+            )
+    sigma = _calibrate(params, q, planned, prefix)
 
     # 3. Per-sample gradients, optimizer, accountant, sampler.
     mode = resolve_mode(net, params.grad_sample_mode)
@@ -543,14 +597,13 @@ def _run(
         forward = prepare_module(
             trainee, grad_sample_mode=mode, batch_first=True, loss_reduction="mean"
         )
-    secure = _secure_generator() if params.secure_mode else None
     noise_gen = secure or _rng(params.seed, 1)
     sample_gen = secure or _rng(params.seed, 100 + rank)
     aug_gen = _rng(params.seed, 200 + rank)
     from opacus.accountants import create_accountant
     from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 
-    opt_cls = DistributedDPOptimizer if world > 1 else DPOptimizer
+    opt_cls = weighted_clip_optimizer(DistributedDPOptimizer if world > 1 else DPOptimizer)
     optimizer = opt_cls(
         _make_optimizer(params, net, params.lr),
         noise_multiplier=sigma,
@@ -561,6 +614,7 @@ def _run(
         secure_mode=params.secure_mode,
     )
     accountant = create_accountant(mechanism=params.accountant)
+    accountant.history = list(prefix)  # --balance: the noisy counts, released before step 1
     accountant_rate = q
     optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=accountant_rate))
     sampler = PoissonBatches(
@@ -593,6 +647,7 @@ def _run(
         optimizer=params.optimizer,
         lr=params.lr,
         momentum=params.momentum,
+        balance=balance.as_dict() if balance else None,
     )
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
     done = 0
@@ -651,7 +706,10 @@ def _run(
             opacus_version=opacus_version,
             complete=done == planned,
             history=history,
-            definitions=DEFINITIONS,
+            group_balance=balance.as_dict() if balance else None,
+            definitions=(
+                {**DEFINITIONS, "group_balance": BALANCE_DEFINITION} if balance else DEFINITIONS
+            ),
         )
 
     saved_ledger: list[Ledger] = []
@@ -687,7 +745,7 @@ def _run(
 
     sampler.steps = planned - done
     loader = torch.utils.data.DataLoader(
-        TensorSet(x_train, y_train), batch_sampler=sampler, collate_fn=keep_batch
+        TensorSet(x_train, y_train, w_train), batch_sampler=sampler, collate_fn=keep_batch
     )
     from opacus.utils.batch_memory_manager import BatchMemoryManager
 
@@ -697,10 +755,12 @@ def _run(
     with BatchMemoryManager(
         data_loader=loader, max_physical_batch_size=physical, optimizer=optimizer
     ) as batches:
-        for xb, yb in batches:
+        for batch in batches:
             if done >= planned:
                 break
-            xb, yb = xb.to(device), yb.to(device)
+            xb, yb = batch[0].to(device), batch[1].to(device)
+            if w_train is not None:
+                optimizer.sample_weights = batch[2].to(device)
             if len(yb) == 0:
                 for p in params_list:
                     p.grad_sample = torch.zeros((0, *p.shape), device=p.device)  # type: ignore[attr-defined]
@@ -773,6 +833,7 @@ def _run(
             params,
             device,
             progress,
+            w_train,
         )
         baseline = Model(
             base_net.cpu(),
@@ -855,9 +916,58 @@ def _json(obj: Any) -> str:
     return dumps(obj)
 
 
-def _calibrate(params: DPParams, q: float, steps: int) -> float:
-    """Noise multiplier for (target epsilon, delta) at sample rate ``q`` over ``steps``."""
+def _calibrate(
+    params: DPParams, q: float, steps: int, prefix: tuple[tuple[float, float, int], ...] = ()
+) -> float:
+    """Noise multiplier for (target epsilon, delta) at sample rate ``q`` over ``steps``,
+    after the mechanisms already in ``prefix`` (``--balance``'s noisy counts)."""
+    if prefix:
+        return _noise_multiplier_after(
+            prefix, params.epsilon, params.delta, q, steps, params.accountant
+        )
     return _noise_multiplier(params.epsilon, params.delta, q, steps, params.accountant)
+
+
+@functools.lru_cache(maxsize=16)
+def _noise_multiplier_after(
+    prefix: tuple[tuple[float, float, int], ...],
+    epsilon: float,
+    delta: float,
+    q: float,
+    steps: int,
+    accountant: str,
+) -> float:
+    """The smallest noise multiplier (to 1% of epsilon, as Opacus' ``get_noise_multiplier``
+    searches) for which ``prefix`` followed by ``steps`` steps at ``(sigma, q)`` spends at
+    most ``epsilon``: the same bisection as Opacus', over the whole history."""
+
+    def spent(sigma: float) -> float:
+        return epsilon_for([*prefix, (sigma, q, steps)], delta, accountant)
+
+    if epsilon_for(list(prefix), delta, accountant) >= epsilon:
+        raise ConfigError(
+            f"the group counts alone (--balance-noise {prefix[0][0]:g}) spend epsilon "
+            f"{epsilon_for(list(prefix), delta, accountant):.3g} of the target {epsilon}: "
+            "raise --balance-noise or --epsilon"
+        )
+    low, high = 0.0, 10.0
+    eps_high = spent(high)
+    while eps_high > epsilon:
+        low, high = high, 2 * high
+        if high > 2000:
+            raise ConfigError(
+                f"no noise level reaches epsilon {epsilon} at delta {delta} over {steps} steps "
+                f"at sample rate {q:.4g} after the group counts; raise --epsilon"
+            )
+        eps_high = spent(high)
+    while epsilon - eps_high > 0.01 * epsilon:
+        mid = (low + high) / 2
+        eps_mid = spent(mid)
+        if eps_mid < epsilon:
+            high, eps_high = mid, eps_mid
+        else:
+            low = mid
+    return high
 
 
 @functools.lru_cache(maxsize=64)
@@ -916,9 +1026,12 @@ def _train_baseline(
     params: DPParams,
     device: torch.device,
     progress: bool,
+    weights: Tensor | None = None,
 ) -> tuple[nn.Module, list[float]]:
     """The same network, data, Poisson batches, augmentation and step count, with neither
-    clipping nor noise: what DP costs is the gap between the two."""
+    clipping nor noise: what DP costs is the gap between the two. With ``--balance`` the
+    loss carries the same group weights (a plain weighted loss: without clipping, a weight
+    on the loss is a weight on the gradient)."""
     net.to(device).train()
     opt = _make_optimizer(params, net, params.baseline_lr or params.lr)
     gen, aug = _rng(params.seed, 100), _rng(params.seed, 200)
@@ -936,7 +1049,11 @@ def _train_baseline(
             if params.augmult:
                 xb = crop_flip(xb.repeat_interleave(copies, dim=0), aug)
                 yb = yb.repeat_interleave(copies)
-            loss = F.cross_entropy(net(normalize(xb)), yb, reduction="sum") / (len(idx_t) * copies)
+            per_row = F.cross_entropy(net(normalize(xb)), yb, reduction="none")
+            if weights is not None:
+                w = weights[idx_t[i : i + physical]].to(device)
+                per_row = per_row * (w.repeat_interleave(copies) if params.augmult else w)
+            loss = per_row.sum() / (len(idx_t) * copies)
             loss.backward()
             loss_sum += float(loss.detach()) * len(idx_t) * copies
             rows += len(yb)

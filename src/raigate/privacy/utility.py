@@ -104,10 +104,25 @@ def utility_result(
                 f"({ledger.accountant} accountant; rdp gives {ledger.epsilons['rdp']:.3f}) over "
                 f"{ledger.steps} steps at sample rate {ledger.sample_rate:.4g} with noise "
                 f"multiplier {ledger.noise_multiplier:.4f} and clipping norm "
-                f"{ledger.max_grad_norm:g}; target {ledger.target_epsilon:g}"
+                f"{ledger.max_grad_norm:g}"
+                + (
+                    f", after releasing the {ledger.group_balance['attribute']} group counts "
+                    f"for --balance (Gaussian, noise std {ledger.group_balance['count_noise']:g})"
+                    if ledger.group_balance
+                    else ""
+                )
+                + f"; target {ledger.target_epsilon:g}"
             ),
         )
     ]
+    if ledger.group_balance:  # --balance: each group's released count and clip weight
+        b = ledger.group_balance
+        metrics["balance_groups"] = [
+            {"group": g, "noisy_count": c, "weight": w}
+            for g, c, w in zip(b["groups"], b["noisy_counts"], b["weights"], strict=True)
+        ]
+        metrics["balance_mean_weight"] = b["mean_weight"]
+        metrics["balance_count_noise"] = b["count_noise"]
     if run.canaries is not None:
         c = run.canaries
         metrics["canary_eps_lower"] = c.eps_lower
