@@ -27,7 +27,10 @@ Runner = Callable[..., PrivateTraining]
 
 
 def _run(
-    out: Path | None = None, resume: Path | None = None, **overrides: object
+    out: Path | None = None,
+    resume: Path | None = None,
+    sampler: object = None,
+    **overrides: object,
 ) -> PrivateTraining:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -38,6 +41,7 @@ def _run(
             kwargs={"norm": "group"},
             out_dir=out,
             resume=resume,
+            sampler=sampler,
         )
 
 
@@ -53,7 +57,8 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def dp_runner() -> Runner:
-    """``dp_runner(out=None, resume=None, **param_overrides)`` runs the tiny DP-SGD setup."""
+    """``dp_runner(out=None, resume=None, sampler=None, **param_overrides)`` runs the tiny
+    DP-SGD setup."""
     return _run
 
 

@@ -32,5 +32,6 @@ def test_resume_continues_the_same_ledger_and_weights(
     assert done.ledger.complete and done.ledger.steps == 6
     assert done.ledger.history == tiny_dp.ledger.history  # never reset, never double-counted
     assert done.ledger.epsilon == tiny_dp.ledger.epsilon <= 3.0
+    assert done.ledger.sampler == tiny_dp.ledger.sampler  # draws counted across the resume
     a, b = done.model.net.state_dict(), tiny_dp.model.net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # identical to the uninterrupted run

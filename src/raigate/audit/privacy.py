@@ -221,6 +221,13 @@ def run(
         )
     if params.max_auc is not None:
         findings.append(_auc_finding(results, params.max_auc, each, joint))
+    if params.ledger is not None:  # a ledger whose sampling refutes its own rate: no claim
+        from raigate.privacy.ledger import Ledger
+        from raigate.privacy.sampler import sampler_finding
+
+        record = Ledger.load(params.ledger).sampler
+        if record is not None:
+            findings.append(sampler_finding(record))
     metrics: dict[str, Any] = {
         "attacks": table,
         "eps_lower": best.epsilon["eps_lower"],

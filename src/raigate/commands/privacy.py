@@ -40,7 +40,7 @@ from raigate.cli_common import (
 )
 from raigate.errors import ConfigError, GateFailed
 
-__all__ = ["audit_cmd", "register", "train_cmd"]
+__all__ = ["audit_cmd", "check_sampler_cmd", "register", "train_cmd"]
 
 privacy_app = typer.Typer(
     help="DP-SGD retraining to a target epsilon, and measured membership leakage.",
@@ -380,6 +380,40 @@ def audit_cmd(
         raise GateFailed("; ".join(f.message for f in result.findings if f.severity == "fail"))
 
 
+@privacy_app.command("check-sampler")
+@handle_errors
+def check_sampler_cmd(
+    weights: Annotated[
+        Path,
+        typer.Option(
+            "--weights", help="per-example WeightedRandomSampler weights: .npy or one per line"
+        ),
+    ],
+    batch_size: Annotated[int, typer.Option("--batch-size", help="the DataLoader's batch size")],
+    num_samples: Annotated[
+        int | None,
+        typer.Option("--num-samples", help="the sampler's num_samples (default: all)"),
+    ] = None,
+    replacement: Annotated[
+        bool, typer.Option("--replacement/--no-replacement", help="the sampler's replacement")
+    ] = True,
+) -> None:
+    """Would an Opacus accountant charging q = batch/N cover a WeightedRandomSampler with
+    these weights? Prints the true per-example rate of the heaviest example against q, and
+    the rate Opacus' make_private would charge (opacus#813); exit 1: it would not."""
+    from raigate.privacy.sampler import check_weighted, read_weights
+
+    report = check_weighted(
+        read_weights(weights),
+        batch_size=batch_size,
+        num_samples=num_samples,
+        replacement=replacement,
+    )
+    typer.echo(report.message)
+    if not report.ok:
+        raise GateFailed("the sampler's draws are not the Poisson sampling the accountant charges")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``raigate privacy train|audit`` to the CLI."""
+    """Add ``raigate privacy train|audit|check-sampler`` to the CLI."""
     app.add_typer(privacy_app, name="privacy")

@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 
-
 def parse_attribute(attribute: str | list[str] | tuple[str, ...], data: Dataset) -> tuple[str, ...]:
     """``"race"`` or ``"race+gender"`` as a tuple of attribute columns of ``data``; an unknown
     column is a ConfigError naming the columns the data has."""

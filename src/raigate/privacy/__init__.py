@@ -4,7 +4,9 @@
   (Opacus), fold or replace BatchNorm first, write the ledger, checkpoints and a model spec;
 * :mod:`raigate.privacy.mia` attacks the result (loss threshold, ART black box) and turns
   the attack into an empirical epsilon lower bound; :mod:`raigate.privacy.canaries` runs
-  the one-run canary audit inside training.
+  the one-run canary audit inside training;
+* :func:`check_loader` tells an Opacus user, in one line, whether a DataLoader's sampling
+  is the Poisson sampling the accountant charges (a ``WeightedRandomSampler`` is not).
 
 >>> from raigate.privacy import epsilons_for
 >>> eps = epsilons_for([(1.0, 0.01, 1000)], delta=1e-5)  # sigma, q, steps
@@ -18,6 +20,7 @@ from raigate.privacy.canaries import CanaryAudit, audit_canaries, eps_lower_boun
 from raigate.privacy.fold import fold_batchnorm, private_net, replace_batchnorm
 from raigate.privacy.ledger import Ledger, epsilons_for
 from raigate.privacy.preflight import Problem
+from raigate.privacy.sampler import SamplerCheck, check_loader
 from raigate.privacy.train import DPParams, PrivateTraining, run_private_training, train_private
 
 __all__ = [
@@ -26,7 +29,9 @@ __all__ = [
     "Ledger",
     "PrivateTraining",
     "Problem",
+    "SamplerCheck",
     "audit_canaries",
+    "check_loader",
     "eps_lower_bound",
     "epsilons_for",
     "fold_batchnorm",

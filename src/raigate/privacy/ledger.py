@@ -39,8 +39,10 @@ __all__ = [
     "ACCOUNTANTS",
     "BALANCE_DEFINITION",
     "LEDGER_NAME",
+    "REALIZED_P_MIN",
     "Accountant",
     "Ledger",
+    "SamplerRecord",
     "epsilon_for",
     "epsilons_for",
 ]
@@ -83,6 +85,28 @@ def epsilons_for(history: list[tuple[float, float, int]], delta: float) -> dict[
     return {name: epsilon_for(history, delta, name) for name in ACCOUNTANTS}
 
 
+REALIZED_P_MIN = 1e-6
+"""Two-sided binomial p-value below which the realized draw count refutes the rate ``q``."""
+
+
+class SamplerRecord(BaseModel):
+    """The ledger's ``sampler``: which sampling ran, and whether the examples the training
+    loop received over the run are plausible under Poisson sampling at ``sample_rate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["poisson"] = "poisson"
+    sampler_class: str = Field(description="the sampler class that drew the batches")
+    source: str = Field("raigate", description="who chose the sampling (a converted sampler)")
+    sample_rate: float
+    steps: int = Field(description="steps whose draws were counted")
+    trials: int = Field(description="dataset_size x steps: example-step pairs")
+    examples_drawn: int = Field(description="examples the training loop received")
+    expected: float = Field(description="sample_rate x trials")
+    p_value: float = Field(description="two-sided binomial test of examples_drawn")
+    plausible: bool = Field(description=f"p_value >= {REALIZED_P_MIN:g}")
+
+
 class Ledger(BaseModel):
     """Spent privacy budget of one DP-SGD run, with every parameter needed to recompute it.
 
@@ -121,6 +145,9 @@ class Ledger(BaseModel):
     history: list[tuple[float, float, int]]
     group_balance: dict[str, Any] | None = Field(
         None, description="--balance: the groups, their noisy counts and weights (see definitions)"
+    )
+    sampler: SamplerRecord | None = Field(
+        None, description="the sampling that ran, and its realized-rate test (older ledgers: none)"
     )
     definitions: dict[str, str] = Field(default_factory=dict)
 
@@ -162,6 +189,10 @@ DEFINITIONS: dict[str, str] = {
     "parameters)",
     "augmult": "augmented copies per example per step whose gradients are averaged before "
     "clipping (De et al. 2022); 0 means no augmentation",
+    "sampler": "the sampler that drew the logical batches; examples_drawn counts the examples "
+    "the training loop received over `steps` steps, tested two-sided against "
+    "Binomial(dataset_size x steps, sample_rate): p_value < 1e-6 means the sampling that ran "
+    "was not Poisson at the charged rate, and epsilon does not hold",
     "epsilons.prv": "PRV accountant (Gopi et al. 2021), upper bound at eps_error=0.01",
     "epsilons.rdp": "RDP accountant (Mironov et al. 2019), Opacus' conversion to (eps, delta)",
 }

@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from raigate._io import write_atomic
 from raigate.data.base import Dataset
-from raigate.errors import ConfigError, DataError, MissingDependencyError
+from raigate.errors import ConfigError, DataError, MissingDependencyError, RaigateError
 from raigate.models.base import Model, Normalize, require_white_box
 from raigate.privacy.balance import (
     COUNT_FLOOR,
@@ -89,6 +89,7 @@ from raigate.privacy.preflight import (
     check_unwrapped,
     raise_for_errors,
 )
+from raigate.privacy.sampler import realized_rate, resolve_sampler, sampler_finding
 from raigate.privacy.sampling import (
     PoissonBatches,
     TensorSet,
@@ -421,6 +422,7 @@ def run_private_training(
     out_dir: str | os.PathLike[str] | None = None,
     resume: str | os.PathLike[str] | None = None,
     trust_code: bool = False,
+    sampler: Any = None,
 ) -> PrivateTraining:
     """Retrain ``model`` on ``train_data`` with DP-SGD to ``params.epsilon`` (see the module
     docstring for the recipe). ``model`` is a factory spec (``pkg.module:factory`` with
@@ -428,7 +430,12 @@ def run_private_training(
     a bare module (pass ``factory`` so the saved spec can rebuild it). With ``out_dir``,
     writes ``model.safetensors``, ``model.json``, ``ledger.json``, ``checkpoint.pt`` and
     (with canaries) ``canaries.json`` there; ``resume`` continues the run saved in that
-    folder. ``trust_code``: a ``.json`` spec may name a factory outside raigate's own."""
+    folder. ``trust_code``: a ``.json`` spec may name a factory outside raigate's own.
+    ``sampler``: ``None`` (raigate's Poisson batches at ``q = batch_size / N``) or Opacus'
+    ``UniformWithReplacementSampler`` / ``DPDataLoader`` at exactly that rate over the N
+    training examples (then drawn by raigate's seeded sampler); any other sampler, a
+    ``WeightedRandomSampler`` above all, is refused with one line (see
+    :mod:`raigate.privacy.sampler`)."""
     params = params or DPParams()
     start = time.perf_counter()
     rank, world, started_group = _distributed(params.device)
@@ -445,6 +452,7 @@ def run_private_training(
             out_dir=out_dir,
             resume=resume,
             trust_code=trust_code,
+            sampler=sampler,
             rank=rank,
             world=world,
             start=start,
@@ -469,6 +477,7 @@ def _run(
     out_dir: str | os.PathLike[str] | None,
     resume: str | os.PathLike[str] | None,
     trust_code: bool,
+    sampler: Any,
     rank: int,
     world: int,
     start: float,
@@ -534,6 +543,7 @@ def _run(
             )
         )
     raise_for_errors(problems)
+    sampler_source = resolve_sampler(sampler, dataset_size=n, batch_size=params.batch_size)
     q = params.batch_size / n
     planned = math.ceil(params.epochs / q - 1e-9)
     physical = params.physical_batch_size or min(256, params.batch_size)
@@ -617,12 +627,12 @@ def _run(
     accountant.history = list(prefix)  # --balance: the noisy counts, released before step 1
     accountant_rate = q
     optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=accountant_rate))
-    sampler = PoissonBatches(
+    batches = PoissonBatches(
         shard(n, rank, world, params.seed), sample_rate=q, steps=planned, generator=sample_gen
     )
     problems += check_sampling(
-        poisson=isinstance(sampler, PoissonBatches),
-        sampler_rate=sampler.sample_rate,
+        poisson=isinstance(batches, PoissonBatches),
+        sampler_rate=batches.sample_rate,
         accountant_rate=accountant_rate,
         expected_rate=params.batch_size / n,
     )
@@ -651,6 +661,7 @@ def _run(
     )
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
     done = 0
+    drawn, counted_from = 0, 0  # examples the loop received, since step counted_from
     if resume_dir is not None:
         saved = _load_checkpoint(resume_dir / CHECKPOINT_NAME)
         _same_run(saved["config"], key, resume_dir / CHECKPOINT_NAME)
@@ -658,6 +669,10 @@ def _run(
         optimizer.original_optimizer.load_state_dict(saved["optimizer"])
         accountant.history = [tuple(h) for h in saved["history"]]
         done = int(saved["step"])
+        if "drawn" in saved:
+            drawn = int(saved["drawn"][rank])
+        else:  # a checkpoint from before the count: test the steps run from here on
+            counted_from = done
         if secure is None:
             noise_gen.set_state(saved["rng"]["noise"])
             sample_gen.set_state(saved["rng"]["sample"][rank])
@@ -677,7 +692,7 @@ def _run(
     params_list = [p for p in net.parameters() if p.requires_grad]
     copies = max(params.augmult, 1)
 
-    def make_ledger() -> Ledger:
+    def make_ledger(total_drawn: int) -> Ledger:
         history = [(float(s), float(r), int(k)) for s, r, k in accountant.history]
         eps_all = epsilons_for(history, params.delta)
         return Ledger(
@@ -707,6 +722,14 @@ def _run(
             complete=done == planned,
             history=history,
             group_balance=balance.as_dict() if balance else None,
+            sampler=realized_rate(
+                drawn=total_drawn,
+                dataset_size=n,
+                steps=done - counted_from,
+                sample_rate=batches.sample_rate,
+                sampler_class=f"{type(batches).__module__}.{type(batches).__qualname__}",
+                source=sampler_source,
+            ),
             definitions=(
                 {**DEFINITIONS, "group_balance": BALANCE_DEFINITION} if balance else DEFINITIONS
             ),
@@ -719,8 +742,10 @@ def _run(
         by the state a resume would continue from."""
         samples = [sample_gen.get_state() if secure is None else torch.empty(0)]
         augments = [aug_gen.get_state()]
+        counts = [torch.tensor(drawn)]
         if world > 1:
             samples, augments = _gather(samples[0]), _gather(augments[0])
+            counts = _gather(counts[0])
         if rank != 0 or ckpt_path is None or out is None:
             return
         _save_checkpoint(
@@ -733,6 +758,7 @@ def _run(
                 "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                 "optimizer": optimizer.original_optimizer.state_dict(),
                 "history": [list(h) for h in accountant.history],
+                "drawn": [int(c) for c in counts],
                 "rng": {
                     "noise": noise_gen.get_state() if secure is None else torch.empty(0),
                     "sample": samples,
@@ -740,12 +766,12 @@ def _run(
                 },
             },
         )
-        saved_ledger[:] = [make_ledger()]
+        saved_ledger[:] = [make_ledger(sum(int(c) for c in counts))]
         saved_ledger[0].write(out)
 
-    sampler.steps = planned - done
+    batches.steps = planned - done
     loader = torch.utils.data.DataLoader(
-        TensorSet(x_train, y_train, w_train), batch_sampler=sampler, collate_fn=keep_batch
+        TensorSet(x_train, y_train, w_train), batch_sampler=batches, collate_fn=keep_batch
     )
     from opacus.utils.batch_memory_manager import BatchMemoryManager
 
@@ -754,10 +780,11 @@ def _run(
     loss_rows = 0
     with BatchMemoryManager(
         data_loader=loader, max_physical_batch_size=physical, optimizer=optimizer
-    ) as batches:
-        for batch in batches:
+    ) as physical_batches:
+        for batch in physical_batches:
             if done >= planned:
                 break
+            drawn += len(batch[1])  # what ran, counted apart from what the sampler claims
             xb, yb = batch[0].to(device), batch[1].to(device)
             if w_train is not None:
                 optimizer.sample_weights = batch[2].to(device)
@@ -781,7 +808,7 @@ def _run(
                 continue
             done += 1
             bar.update(1)
-            if accountant.history[-1][1] != sampler.sample_rate:  # what was charged = drawn
+            if accountant.history[-1][1] != batches.sample_rate:  # what was charged = drawn
                 raise RuntimeError("the accountant was charged a different sample rate")
             if done % every == 0 or done == planned:
                 losses.append(loss_sum / max(loss_rows, 1))
@@ -805,9 +832,19 @@ def _run(
     net.eval()
     raise_for_errors(check_unwrapped(net))
     in_sync = _weights_in_sync(net) if world > 1 else None
-    ledger = saved_ledger[0] if stopped and saved_ledger else make_ledger()
+    total = torch.tensor(drawn)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    ledger = saved_ledger[0] if stopped and saved_ledger else make_ledger(int(total))
     if ledger.epsilon > params.epsilon + 1e-9:  # calibration guarantees this never happens
         raise RuntimeError(f"spent epsilon {ledger.epsilon} exceeds the target {params.epsilon}")
+    if ledger.sampler is not None and not ledger.sampler.plausible:
+        raise RaigateError(
+            f"{sampler_finding(ledger.sampler).message}; no model was saved (ledger.json "
+            "records the test): train with raigate's own sampler"
+        )
 
     canary_audit: CanaryAudit | None = None
     if plan is not None and not stopped and rank == 0:
@@ -1099,12 +1136,14 @@ def train_private(
     out_dir: str | os.PathLike[str] | None = None,
     resume: str | os.PathLike[str] | None = None,
     trust_code: bool = False,
+    sampler: Any = None,
     **options: Any,
 ) -> tuple[Model, Ledger]:
     """DP-SGD retraining in one call: returns the trained :class:`Model` and its
     :class:`Ledger`. ``options`` are :class:`DPParams` fields (``epsilon``, ``delta``,
     ``epochs``, ``batch_size``, ``max_grad_norm``, ``lr``, ``accountant``, ``augmult``,
-    ``canaries``, ``seed``, ``device``, ``progress``, ...)."""
+    ``canaries``, ``seed``, ``device``, ``progress``, ...); ``sampler`` as in
+    :func:`run_private_training`."""
     run = run_private_training(
         model,
         train_data,
@@ -1117,5 +1156,6 @@ def train_private(
         out_dir=out_dir,
         resume=resume,
         trust_code=trust_code,
+        sampler=sampler,
     )
     return run.model, run.ledger

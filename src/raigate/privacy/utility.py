@@ -115,6 +115,13 @@ def utility_result(
             ),
         )
     ]
+    if ledger.sampler is not None:  # the realized-rate test of the sampling that ran
+        from raigate.privacy.sampler import sampler_finding
+
+        findings.append(sampler_finding(ledger.sampler))
+        metrics["sampler_examples_drawn"] = ledger.sampler.examples_drawn
+        metrics["sampler_expected"] = ledger.sampler.expected
+        metrics["sampler_p_value"] = ledger.sampler.p_value
     if ledger.group_balance:  # --balance: each group's released count and clip weight
         b = ledger.group_balance
         metrics["balance_groups"] = [
