@@ -179,9 +179,9 @@ def test_realized_rate_check_fails_for_a_tampered_sampler(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import raigate.privacy.train as train_module
+    import raigate.privacy.setup as setup_module
 
-    monkeypatch.setattr(train_module, "PoissonBatches", _DoubleRate)
+    monkeypatch.setattr(setup_module, "PoissonBatches", _DoubleRate)
     out = tmp_path / "run"
     with pytest.raises(RaigateError, match=r"received \d+ examples over 6 steps") as err:
         dp_runner(out)

@@ -1,0 +1,62 @@
+"""Distributed DP-SGD (``torchrun``): the process group, gathering per-rank state, and the
+check that every process ends with the same weights."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["gather", "start", "sum_over_ranks", "weights_in_sync"]
+
+
+def start(device: str) -> tuple[int, int, bool]:
+    """(rank, world size, whether we started the process group). torchrun sets WORLD_SIZE."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _flat_params(net: nn.Module) -> Tensor:
+    return torch.cat([p.detach().reshape(-1).float().cpu() for p in net.parameters()])
+
+
+def weights_in_sync(net: nn.Module) -> bool:
+    import torch.distributed as dist
+
+    mine = _flat_params(net)
+    ref = mine.clone()
+    dist.broadcast(ref, 0)
+    ok = torch.tensor([1 if torch.equal(mine, ref) else 0])
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def gather(t: Tensor) -> list[Tensor]:
+    import torch.distributed as dist
+
+    """Every rank's ``t``, in rank order (all ranks call it)."""
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, t)
+    return out
+
+
+def sum_over_ranks(count: int, world: int) -> int:
+    """``count`` summed over all processes (all ranks call it; itself when alone)."""
+    total = torch.tensor(count)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(total)
+    return int(total)
