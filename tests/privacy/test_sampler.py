@@ -12,7 +12,13 @@ import pytest
 import torch
 from opacus.data_loader import DPDataLoader
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
 
 from raigate.errors import ConfigError, RaigateError
 from raigate.privacy import check_loader
@@ -221,3 +227,32 @@ def test_cli_check_sampler_reports_the_weighted_rate(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["privacy", "check-sampler", "--weights", str(bad),
                                    "--batch-size", "4"])  # fmt: skip
     assert res.exit_code == 2 and "non-negative" in res.output and "Traceback" not in res.output
+
+
+def test_resume_from_a_checkpoint_without_the_count_tests_the_resumed_steps(
+    tiny_dp: PrivateTraining,
+    dp_runner,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """A checkpoint written before the count existed: the test covers the steps run after
+    the resume (and says so in ``steps``); the budget and weights are unchanged."""
+    out = tmp_path / "run"
+    dp_runner(out, stop_after_steps=3, checkpoint_every=3)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    del ckpt["drawn"]
+    torch.save(ckpt, out / "checkpoint.pt")
+    done = dp_runner(resume=out)
+    rec, full = done.ledger.sampler, tiny_dp.ledger.sampler
+    assert rec is not None and full is not None
+    assert (rec.steps, rec.trials) == (3, 3 * N) and done.ledger.history == tiny_dp.ledger.history
+    gen = torch.Generator().manual_seed(100)  # the same stream: steps 4-6 are its last 3 draws
+    per_step = [int((torch.rand(N, generator=gen) < B / N).sum()) for _ in range(6)]
+    assert rec.examples_drawn == sum(per_step[3:]) and full.examples_drawn == sum(per_step)
+
+
+def test_weighted_without_replacement_is_a_lower_bound() -> None:
+    w = torch.tensor([5.0] + [1.0] * 99)
+    batches = BatchSampler(WeightedRandomSampler(w, 50, replacement=False), 10, False)
+    rep = check_loader(batches, dataset_size=100, expected_batch_size=10)
+    assert not rep.ok and rep.opacus_rate is None and "without replacement" in rep.message
+    assert rep.max_rate == pytest.approx(1 - (1 - 5 / 104) ** 10) and "at least" in rep.message

@@ -113,7 +113,10 @@ def _unwrap(obj: Any) -> tuple[Any, int | None, float | None]:
     opacus_rate = None
     batch = None
     if isinstance(obj, DataLoader):
-        opacus_rate = 1 / len(obj) if len(obj) else None
+        try:
+            opacus_rate = 1 / len(obj) if len(obj) else None
+        except TypeError:  # an IterableDataset has no length (and no per-example rate)
+            opacus_rate = None
         batch = obj.batch_size
         obj = obj.batch_sampler if obj.batch_sampler is not None else obj.sampler
     if isinstance(obj, BatchSampler):
@@ -125,7 +128,8 @@ def _unwrap(obj: Any) -> tuple[Any, int | None, float | None]:
 def check_loader(loader: Any, *, dataset_size: int, expected_batch_size: int) -> SamplerCheck:
     """Does ``loader`` (a DataLoader, BatchSampler or Sampler) draw the Poisson batches an
     accountant charging ``q = expected_batch_size / dataset_size`` assumes? Returns a
-    :class:`SamplerCheck` whose ``message`` says so in one line; raises nothing."""
+    :class:`SamplerCheck` whose ``message`` says so in one line (raises only for a
+    non-positive size)."""
     from opacus.utils.uniform_sampler import (
         DistributedUniformWithReplacementSampler,
         UniformWithReplacementSampler,
@@ -134,57 +138,64 @@ def check_loader(loader: Any, *, dataset_size: int, expected_batch_size: int) ->
     n, b = int(dataset_size), int(expected_batch_size)
     if n <= 0 or b <= 0:
         raise ConfigError(f"dataset_size {n} and expected_batch_size {b} must be positive")
-    q = b / n
     inner, batch, opacus_rate = _unwrap(loader)
-    batch = batch or b
-    name = _class_name(inner)
+    q, name = b / n, _class_name(inner)
+    qtext = f"q = {b}/{n} = {q:.6g}"
     vs_q = (
         f"; Opacus' make_private would charge and resample at 1/len(loader) = "
         f"{opacus_rate:.4g} ({opacus_rate / q:.4g}x q)"
         if opacus_rate is not None
         else ""
     )
-
-    def report(ok: bool, kind: SamplerKind, max_rate: float | None, text: str) -> SamplerCheck:
-        return SamplerCheck(ok, kind, name, q, max_rate, opacus_rate, text)
-
+    kind: SamplerKind
     if isinstance(inner, UniformWithReplacementSampler | DistributedUniformWithReplacementSampler):
-        rate = float(inner.sample_rate)
+        kind, max_rate = "poisson", float(inner.sample_rate)
         total = int(getattr(inner, "total_size", inner.num_samples))
+        ok = total == n and _same(max_rate, q)
         if total != n:
-            return report(False, "poisson", rate, f"{name} draws from {total} examples, not the "
-                          f"dataset's {n}: build it with num_samples={n}")  # fmt: skip
-        if not _same(rate, q):
-            return report(False, "poisson", rate, f"{name} draws each example with rate "
-                          f"{rate:.6g}, but the accountant charges q = {b}/{n} = {q:.6g}: build "
-                          f"it with sample_rate={q:.6g} or charge its rate")  # fmt: skip
-        return report(True, "poisson", rate, f"{name}: Poisson sampling at q = {b}/{n} = "
-                      f"{q:.6g}, as the accountant assumes")  # fmt: skip
+            text = f"{name} draws from {total} examples, not the dataset's {n}: build it with "
+            text += f"num_samples={n}"
+        elif not ok:
+            text = f"{name} draws each example with rate {max_rate:.6g}, but the accountant "
+            text += f"charges {qtext}: build it with sample_rate={q:.6g}"
+        else:
+            text = f"{name}: Poisson sampling at {qtext}, as the accountant assumes"
+        return SamplerCheck(ok, kind, name, q, max_rate, opacus_rate, text)
     if isinstance(inner, WeightedRandomSampler):
-        top = weighted_max_rate(inner.weights, batch)
-        how = "with" if inner.replacement else "without"
-        return report(False, "weighted", top, (
-            f"{name} draws {batch} examples per batch {how} replacement with probability "
-            f"proportional to the weights, so example i joins a batch with rate "
-            f"1-(1-w_i/sum w)^{batch} ({'' if inner.replacement else 'at least '}{top:.4g} "
-            f"for the heaviest, {top / q:.4g}x the accountant's q = {b}/{n} = {q:.4g}); the "
-            f"epsilon charged at q assumes each example joins independently at q, so it does "
-            f"not cover this sampling{vs_q}; use "
-            "Poisson sampling, and group-weighted clipping (raigate privacy train --balance) "
-            "to balance groups with correct accounting"
-        ))  # fmt: skip
+        kind, max_rate = "weighted", weighted_max_rate(inner.weights, batch or b)
+        text = _weighted_message(name, inner.replacement, batch or b, max_rate, q, qtext) + vs_q
+        text += (
+            "; use Poisson sampling, and group-weighted clipping (raigate privacy train "
+            "--balance) to balance groups with correct accounting"
+        )
+        return SamplerCheck(False, kind, name, q, max_rate, opacus_rate, text)
     if isinstance(inner, RandomSampler | SequentialSampler):
-        kind: SamplerKind = "shuffled" if isinstance(inner, RandomSampler) else "sequential"
-        return report(False, kind, min(1.0, batch / n), (
+        kind = "shuffled" if isinstance(inner, RandomSampler) else "sequential"
+        text = (
             f"{name} makes fixed-size {kind} batches (each example in exactly one batch per "
-            f"epoch), not Poisson samples; the accountants' bound at q = {b}/{n} assumes each "
+            f"epoch), not Poisson samples; the accountants' bound at {qtext} assumes each "
             f"example joins each batch independently{vs_q}; use Opacus' DPDataLoader "
             "(poisson_sampling=True) or raigate's own sampling"
-        ))  # fmt: skip
-    return report(False, "unknown", None, (
+        )
+        return SamplerCheck(False, kind, name, q, min(1.0, (batch or b) / n), opacus_rate, text)
+    text = (
         f"{name}: not a sampler whose per-example rate can be told, so no accountant's "
-        f"epsilon at q = {b}/{n} covers it{vs_q}; use Poisson sampling"
-    ))  # fmt: skip
+        f"epsilon at {qtext} covers it{vs_q}; use Poisson sampling"
+    )
+    return SamplerCheck(False, "unknown", name, q, None, opacus_rate, text)
+
+
+def _weighted_message(
+    name: str, replacement: bool, batch: int, max_rate: float, q: float, qtext: str
+) -> str:
+    how, bound = ("with", "") if replacement else ("without", "at least ")
+    return (
+        f"{name} draws {batch} examples per batch {how} replacement with probability "
+        f"proportional to the weights, so example i joins a batch with rate "
+        f"1-(1-w_i/sum w)^{batch} ({bound}{max_rate:.4g} for the heaviest, "
+        f"{max_rate / q:.4g}x the accountant's {qtext}); the epsilon charged at q assumes "
+        "each example joins independently at q, so it does not cover this sampling"
+    )
 
 
 def resolve_sampler(sampler: Any, *, dataset_size: int, batch_size: int) -> str:
