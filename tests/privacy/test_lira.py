@@ -307,3 +307,14 @@ def test_plan_accepts_the_reference_keys(tmp_path: Path) -> None:
 def small_cnn_model() -> raigate.Model:
     return raigate.load_model("raigate.zoo:small_cnn", data=raigate.load_data("demo:test", limit=8),
                               random_init=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("k", "fraction", "n_in"), [(8, 0.5, 4), (8, 0.25, 2), (2, 0.5, 1), (4, 0.1, 1)]
+)
+def test_every_example_is_in_for_the_same_number_of_models(
+    k: int, fraction: float, n_in: int
+) -> None:
+    mask = in_out_split(k, 400, seed=5, fraction=fraction)
+    assert (mask.sum(0) == n_in).all()
+    assert abs(mask.sum(1).mean() - 400 * n_in / k) < 1e-9  # model sizes average n_in / k

@@ -73,6 +73,9 @@ class PrivacyParams(BaseModel):
     population_limit: int | None = Field(None, gt=0, description="first N population samples")
     population_sample: int | None = Field(None, gt=0, description="seeded N population samples")
     reference_models: int = Field(8, ge=2, description="reference models to train (K)")
+    reference_fraction: float = Field(
+        0.5, gt=0, lt=1, description="share of the pool each reference model trains on"
+    )
     reference: str | None = Field(
         None, description="folder of saved reference models (reference.json) to reuse"
     )
@@ -226,6 +229,7 @@ def _reference_scores(
             model,
             pool,
             k=params.reference_models,
+            fraction=params.reference_fraction,
             recipe=recipe,
             seed=params.seed,
             out_dir=None if out_dir is None else Path(out_dir) / REFERENCE_DIR,
@@ -267,7 +271,10 @@ def _reference_scores(
         "reused": refs.reused,
         "directory": None if refs.directory is None else str(refs.directory),
         "recipe": refs.manifest["recipe"],
+        "fraction": refs.manifest["fraction"],
+        "pool_size": refs.manifest["pool_size"],
         "population": population.spec,
+        "population_digest": population.manifest.digest,
         "population_n": len(pool.population),
         "population_dropped_as_targets": pool.dropped,
         "cpu_seconds_per_reference_model": float(np.mean(cpu)) if cpu else None,

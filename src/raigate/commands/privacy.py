@@ -320,6 +320,14 @@ def audit_cmd(
     reference_models: Annotated[
         int, typer.Option("--reference-models", help="reference models to train (K)")
     ] = 8,
+    reference_fraction: Annotated[
+        float,
+        typer.Option(
+            "--reference-fraction",
+            help="share of the pool (targets + population) each reference model trains on: "
+            "match the audited model's training-set size",
+        ),
+    ] = 0.5,
     reference: Annotated[
         Path | None,
         typer.Option(
@@ -413,6 +421,7 @@ def audit_cmd(
         population=population,
         population_sample=population_sample,
         reference_models=reference_models,
+        reference_fraction=reference_fraction,
         reference=str(reference) if reference else None,
         reference_epochs=reference_epochs,
         reference_lr=reference_lr,
@@ -455,6 +464,7 @@ def audit_cmd(
         typer.echo(
             f"reference models: {ref['reference_models']} ({how}); population "
             f"{ref['population']}: {ref['population_n']} samples"
+            + f"; each model trained on {ref['fraction']:g} of the pool of {ref['pool_size']}"
             + (f" ({ref['population_dropped_as_targets']} equal to a target dropped)"
                if ref["population_dropped_as_targets"] else "")
         )  # fmt: skip

@@ -41,6 +41,8 @@ import torch
 from scipy.stats import norm
 from torch import Tensor
 
+from raigate.errors import ConfigError
+
 Variance = Literal["auto", "global", "per_example"]
 GLOBAL_BELOW = 64
 """``auto`` variance: global below this many reference models (Carlini et al. 2022, Sec. VI)."""
@@ -72,12 +74,15 @@ def _mean_std(
     m = mask[:, None, :].astype(np.float64)
     count = m.sum(0)  # [Q, N] (the same for every query)
     if (count == 0).any():
-        raise ValueError("every example needs at least one reference model on this side")
+        raise ConfigError("every example needs at least one IN and one OUT reference model")
     mean = (values * m).sum(0) / count
     resid2 = ((values - mean) ** 2) * m
     if not global_var:
         if (count < 2).any():
-            raise ValueError("a per-example variance needs two reference models per side")
+            raise ConfigError(
+                "a per-example variance needs two IN and two OUT reference models per example: "
+                "train at least 4 (--reference-models) or use --lira-variance global"
+            )
         std = np.sqrt(resid2.sum(0) / (count - 1))
         return mean, np.maximum(std, 1e-6)
     dof = (count - 1).sum(1)  # [Q]

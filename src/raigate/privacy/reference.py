@@ -5,7 +5,10 @@ supplies, with population images that equal a target dropped (compared by pixels
 example is counted twice. Each reference model trains on a random half of the pool, chosen
 as in Carlini et al.'s code so that every example is IN for exactly ``K // 2`` models and
 OUT for the rest: online attacks then have IN and OUT models for every target, offline
-attacks use each example's OUT models.
+attacks use each example's OUT models. LiRA assumes the reference models are trained like
+the audited one, on as many examples: when half the pool is more than the audited model
+trained on, ``fraction`` (e.g. 0.25: each example IN for ``round(0.25 K)`` models) brings the
+reference training sets down to its size.
 
 A reference model starts where the audited model started: a fresh network from the same
 factory and kwargs (seeded per model), or, with ``init`` (the pretrained weights the audited
@@ -91,6 +94,7 @@ class _Manifest(BaseModel):
     non_members: dict[str, Any]
     population: dict[str, Any]
     pool_size: int
+    fraction: float = 0.5
     recipe: ReferenceRecipe
     init_sha256: str | None = None
     seed: int
@@ -173,11 +177,13 @@ def build_pool(
     )
 
 
-def in_out_split(k: int, n: int, seed: int) -> np.ndarray:
-    """``mask[k, n]``: every example IN for exactly ``k // 2`` of ``k`` models (the rank of
-    a uniform draw per example, as in Carlini et al.'s code)."""
+def in_out_split(k: int, n: int, seed: int, fraction: float = 0.5) -> np.ndarray:
+    """``mask[k, n]``: every example IN for exactly ``round(fraction * k)`` of ``k`` models
+    (at least one, at most ``k - 1``), by the rank of a uniform draw per example, as in
+    Carlini et al.'s code; each model then trains on about ``fraction * n`` examples."""
     u = np.random.default_rng([seed, 0x11A]).uniform(size=(k, n))
-    return u.argsort(0).argsort(0) < k // 2
+    n_in = min(max(round(fraction * k), 1), k - 1)
+    return u.argsort(0).argsort(0) < n_in
 
 
 def _fresh_net(model: Model, recipe: ReferenceRecipe) -> nn.Module:
@@ -274,21 +280,29 @@ def train_reference(
     pool: Pool,
     *,
     k: int = 8,
+    fraction: float = 0.5,
     recipe: ReferenceRecipe | None = None,
     seed: int = 0,
     out_dir: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
 ) -> ReferenceSet:
-    """Train ``k`` reference models on random halves of ``pool``; with ``out_dir``, save
-    them and ``reference.json`` there (see the module docstring)."""
+    """Train ``k`` reference models on random halves of ``pool`` (``fraction``: another
+    share, to match the audited model's training-set size); with ``out_dir``, save them and
+    ``reference.json`` there (see the module docstring)."""
     from raigate._io import sha256_file, write_atomic
+    from raigate.models.base import require_white_box
     from raigate.models.weights import save_safetensors
 
     if k < 2:
         raise ConfigError(f"LiRA and RMIA need at least 2 reference models, got {k}")
+    require_white_box(model, "training reference models (LiRA, RMIA)")
     recipe = recipe or ReferenceRecipe()
-    mask = in_out_split(k, len(pool.y), seed)
+    if not 0 < fraction < 1:
+        raise ConfigError(
+            f"the reference fraction must lie strictly between 0 and 1, got {fraction}"
+        )
+    mask = in_out_split(k, len(pool.y), seed, fraction)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -320,6 +334,7 @@ def train_reference(
         non_members=pool.sources["non_members"],
         population={**pool.sources["population"], "kept": pool.population_positions.tolist()},
         pool_size=len(pool.y),
+        fraction=fraction,
         recipe=recipe,
         init_sha256=sha256_file(recipe.init) if recipe.init else None,
         seed=seed,
