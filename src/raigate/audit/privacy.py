@@ -200,13 +200,13 @@ def _reference_scores(
     """Scores of the reference-model attacks (members, non-members) and what they cost."""
     import numpy as np
 
-    from raigate.privacy import lira
+    from raigate.privacy.mia import REFERENCE_ATTACKS
     from raigate.privacy.reference import (
         REFERENCE_DIR,
         ReferenceRecipe,
         build_pool,
         load_reference,
-        query_outputs,
+        reference_attack_scores,
         train_reference,
     )
 
@@ -236,31 +236,12 @@ def _reference_scores(
             device=params.device,
             progress=params.progress,
         )
-    kw = {"queries": params.queries, "batch_size": params.batch_size, "device": params.device}
-    model.to(params.device)
-    t_phi, t_p = query_outputs(model.logits, pool, **kw)  # type: ignore[arg-type]
-    outs = []
-    for net in refs.nets:
-        net.to(params.device)
-        outs.append(query_outputs(lambda x, n=net: n(model.transform(x)), pool, **kw))  # type: ignore[arg-type]
-        net.cpu()
-    r_phi = np.stack([o[0] for o in outs])
-    r_p = np.stack([o[1] for o in outs])
-    mask = refs.in_mask
-    scores: dict[str, Any] = {}
-    if "lira_online" in params.attacks:
-        scores["lira_online"] = lira.lira_online_scores(
-            t_phi, r_phi, mask, variance=params.lira_variance
-        )
-    if "lira_offline" in params.attacks:
-        scores["lira_offline"] = lira.lira_offline_scores(
-            t_phi, r_phi, mask, variance=params.lira_variance
-        )
-    if "rmia" in params.attacks:
-        scores["rmia"] = lira.rmia_scores(
-            t_p.mean(0), r_p.mean(1), mask, pool.population,
-            mode=params.rmia_mode, a=params.rmia_a, gamma=params.rmia_gamma,
-        )  # fmt: skip
+    scores = reference_attack_scores(
+        model, pool, refs, [a for a in params.attacks if a in REFERENCE_ATTACKS],
+        queries=params.queries, variance=params.lira_variance, rmia_mode=params.rmia_mode,
+        rmia_a=params.rmia_a, rmia_gamma=params.rmia_gamma, batch_size=params.batch_size,
+        device=params.device,
+    )  # fmt: skip
     nm, nt = pool.n_members, pool.n_targets
     split = {k: (v[:nm], v[nm:nt]) for k, v in scores.items()}
     cpu = refs.cpu_seconds

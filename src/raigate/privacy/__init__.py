@@ -25,6 +25,7 @@ from raigate.privacy.reference import (
     ReferenceSet,
     build_pool,
     load_reference,
+    reference_attack_scores,
     train_reference,
 )
 from raigate.privacy.train import DPParams, PrivateTraining, run_private_training, train_private
@@ -46,6 +47,7 @@ __all__ = [
     "lira_online_scores",
     "load_reference",
     "private_net",
+    "reference_attack_scores",
     "replace_batchnorm",
     "rmia_scores",
     "run_private_training",

@@ -53,9 +53,11 @@ __all__ = [
     "ReferenceRecipe",
     "ReferenceSet",
     "build_pool",
+    "fit_recipe",
     "in_out_split",
     "load_reference",
     "query_outputs",
+    "reference_attack_scores",
     "train_reference",
 ]
 
@@ -216,7 +218,7 @@ def _fresh_net(model: Model, recipe: ReferenceRecipe) -> nn.Module:
     return net
 
 
-def _fit(
+def fit_recipe(
     net: nn.Module,
     transform: nn.Module,
     x: Tensor,
@@ -225,7 +227,9 @@ def _fit(
     seed: int,
     device: str,
 ) -> float:
-    """Plain minibatch training (seeded shuffles and flips); returns the training accuracy."""
+    """Train ``net`` (on pixels through ``transform``, the audited model's normalization)
+    with the recipe: plain minibatches, seeded shuffles and flips. Returns the training
+    accuracy. Also the way to train a target whose recipe the reference models repeat."""
     gen = torch.Generator().manual_seed(seed)
     net.to(device).train()
     transform = transform.to(device)
@@ -314,7 +318,7 @@ def train_reference(
         net = _fresh_net(model, recipe)
         rows = np.flatnonzero(mask[i])
         t0, c0 = time.perf_counter(), time.process_time()
-        acc = _fit(net, model.transform, pool.x[rows], pool.y[rows], recipe, s, device)
+        acc = fit_recipe(net, model.transform, pool.x[rows], pool.y[rows], recipe, s, device)
         entry = {
             "file": f"ref_{i:03d}.safetensors",
             "sha256": "",
@@ -415,3 +419,46 @@ def query_outputs(
                 logits.softmax(1).gather(1, y[:, None]).squeeze(1).cpu().numpy()
             )
     return phi, prob
+
+
+def reference_attack_scores(
+    model: Model,
+    pool: Pool,
+    refs: ReferenceSet,
+    attacks: list[str],
+    *,
+    queries: int = 2,
+    variance: Literal["auto", "global", "per_example"] = "auto",
+    rmia_mode: Literal["online", "offline"] = "online",
+    rmia_a: float = 0.3,
+    rmia_gamma: float = 1.0,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
+    """Scores over the whole pool (targets first) of each of ``attacks`` among
+    ``lira_online``, ``lira_offline`` and ``rmia`` (:mod:`raigate.privacy.lira`), from one
+    pass of the audited model and of every reference model over the pool."""
+    from raigate.privacy import lira
+
+    kw = {"queries": queries, "batch_size": batch_size, "device": device}
+    model.to(device)
+    t_phi, t_p = query_outputs(model.logits, pool, **kw)  # type: ignore[arg-type]
+    outs = []
+    for net in refs.nets:
+        net.to(device)
+        outs.append(query_outputs(lambda x, n=net: n(model.transform(x)), pool, **kw))  # type: ignore[arg-type]
+        net.cpu()
+    r_phi = np.stack([o[0] for o in outs])
+    r_p = np.stack([o[1] for o in outs])
+    mask = refs.in_mask
+    scores: dict[str, np.ndarray] = {}
+    if "lira_online" in attacks:
+        scores["lira_online"] = lira.lira_online_scores(t_phi, r_phi, mask, variance=variance)
+    if "lira_offline" in attacks:
+        scores["lira_offline"] = lira.lira_offline_scores(t_phi, r_phi, mask, variance=variance)
+    if "rmia" in attacks:
+        scores["rmia"] = lira.rmia_scores(
+            t_p.mean(0), r_p.mean(1), mask, pool.population, mode=rmia_mode, a=rmia_a,
+            gamma=rmia_gamma,
+        )  # fmt: skip
+    return scores
