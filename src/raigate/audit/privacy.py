@@ -5,7 +5,11 @@ split); ``members`` names the training data. Each attack scores every example, a
 result reports, per attack, the AUC (probability that a random member outscores a random
 non-member), TPR at FPR 0.1% and 1%, and an empirical epsilon lower bound at confidence
 ``1 - alpha`` from Clopper-Pearson bounds on TPR and FPR (definitions in
-:mod:`raigate.privacy.mia`). With a claimed epsilon (a DP-SGD ``ledger.json`` or
+:mod:`raigate.privacy.mia`). ``lira_online``, ``lira_offline`` and ``rmia``
+(:mod:`raigate.privacy.lira`) train reference models on a ``population`` first
+(:mod:`raigate.privacy.reference`; saved under ``OUT/reference``, reused with ``reference``);
+with an out folder the check draws every attack's ROC on log-log axes
+(``membership_roc.png``). With a claimed epsilon (a DP-SGD ``ledger.json`` or
 ``epsilon``), a lower bound above it is a ``fail``: the guarantee does not hold.
 
 >>> import raigate
@@ -73,17 +77,17 @@ class PrivacyParams(BaseModel):
     population_limit: int | None = Field(None, gt=0, description="first N population samples")
     population_sample: int | None = Field(None, gt=0, description="seeded N population samples")
     reference_models: int = Field(8, ge=2, description="reference models to train (K)")
-    reference_fraction: float = Field(
+    reference_fraction: Fraction = Field(
         0.5, gt=0, lt=1, description="share of the pool each reference model trains on"
     )
     reference: str | None = Field(
         None, description="folder of saved reference models (reference.json) to reuse"
     )
     reference_epochs: int = Field(10, gt=0)
-    reference_lr: float = Field(1e-3, gt=0)
+    reference_lr: Fraction = Field(1e-3, gt=0)
     reference_batch_size: int = Field(64, gt=0)
     reference_optimizer: Literal["adam", "sgd"] = "adam"
-    reference_weight_decay: float = Field(0.0, ge=0)
+    reference_weight_decay: Fraction = Field(0.0, ge=0)
     reference_flip: bool = Field(False, description="random horizontal flips in training")
     reference_init: str | None = Field(
         None, description="pretrained weights the audited model was fine-tuned from"
@@ -91,10 +95,10 @@ class PrivacyParams(BaseModel):
     queries: Literal[1, 2] = Field(2, description="1: the image; 2: the image and its mirror")
     lira_variance: Literal["auto", "global", "per_example"] = "auto"
     rmia_mode: Literal["online", "offline"] = "online"
-    rmia_a: float = Field(
+    rmia_a: Fraction = Field(
         0.3, ge=0, le=1, description="RMIA offline: p(x) = (1+a)/2 p_OUT + (1-a)/2"
     )
-    rmia_gamma: float = Field(1.0, gt=0, description="RMIA: ratio a population z must not beat")
+    rmia_gamma: Fraction = Field(1.0, gt=0, description="RMIA: ratio a population z must not beat")
     alpha: float = Field(0.05, gt=0, lt=1, description="1 - confidence of the epsilon bound")
     max_auc: float | None = Field(None, ge=0.5, le=1, description="gate: fail above this AUC")
     task: str | None = None

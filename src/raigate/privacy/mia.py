@@ -9,6 +9,9 @@ Two attacks score every example (higher = "looks like a training member"):
   attack model (random forest by default) trained on the model's output probabilities and
   the label of half the members and half the non-members, scored on the other halves.
 
+LiRA and RMIA, which calibrate each example's score by reference models, live in
+:mod:`raigate.privacy.lira` and are summarized by the same :func:`score_attack`.
+
 For each attack: AUC (the probability that a random member outscores a random
 non-member, ties counting one half), TPR at FPR 0.1% and 1% (read off the ROC curve at the
 largest FPR not above the target: a conservative reading), and an empirical epsilon lower

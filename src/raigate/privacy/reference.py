@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
 from raigate.models.base import Model
+from raigate.values import Fraction
 
 MANIFEST = "reference.json"
 REFERENCE_DIR = "reference"
@@ -68,11 +69,11 @@ class ReferenceRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(10, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: Fraction = Field(1e-3, gt=0)
     batch_size: int = Field(64, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
-    weight_decay: float = Field(0.0, ge=0)
+    momentum: Fraction = Field(0.9, ge=0, lt=1, description="SGD only")
+    weight_decay: Fraction = Field(0.0, ge=0)
     flip: bool = Field(False, description="random horizontal flips while training")
     init: str | None = Field(None, description="weights file to fine-tune from (pretrained)")
 
