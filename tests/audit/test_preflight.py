@@ -65,6 +65,11 @@ CASES = [
     ),
     (
         "demo:test",
+        '[checks.privacy]\nmembers = "demo:train"\nattacks = ["loss", "lira_online"]\n',
+        "attack lira_online needs reference models",
+    ),
+    (
+        "demo:test",
         '[checks.explanations]\nmethods = ["saliency", "lime"]\n',
         "unknown method 'lime'",
     ),

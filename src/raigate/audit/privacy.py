@@ -5,7 +5,11 @@ split); ``members`` names the training data. Each attack scores every example, a
 result reports, per attack, the AUC (probability that a random member outscores a random
 non-member), TPR at FPR 0.1% and 1%, and an empirical epsilon lower bound at confidence
 ``1 - alpha`` from Clopper-Pearson bounds on TPR and FPR (definitions in
-:mod:`raigate.privacy.mia`). With a claimed epsilon (a DP-SGD ``ledger.json`` or
+:mod:`raigate.privacy.mia`). ``lira_online``, ``lira_offline`` and ``rmia``
+(:mod:`raigate.privacy.lira`) train reference models on a ``population`` first
+(:mod:`raigate.privacy.reference`; saved under ``OUT/reference``, reused with ``reference``);
+with an out folder the check draws every attack's ROC on log-log axes
+(``membership_roc.png``). With a claimed epsilon (a DP-SGD ``ledger.json`` or
 ``epsilon``), a lower bound above it is a ``fail``: the guarantee does not hold.
 
 >>> import raigate
@@ -48,6 +52,9 @@ class PrivacyParams(BaseModel):
         "members": "data",
         "non_members": "data",
         "ledger": "path",
+        "population": "data",
+        "reference": "path",
+        "reference_init": "path",
     }
 
     members: str = Field(description="data spec of the training members, e.g. cifar100:ROOT:train")
@@ -59,10 +66,39 @@ class PrivacyParams(BaseModel):
     ledger: str | None = Field(None, description="ledger.json of a DP run: the claimed epsilon")
     epsilon: Fraction | None = Field(None, gt=0, description="claimed epsilon (without a ledger)")
     delta: float | None = Field(None, gt=0, lt=1, description="delta (default: ledger's or 1e-5)")
-    attacks: list[Literal["loss", "art_blackbox"]] = Field(
+    attacks: list[Literal["loss", "art_blackbox", "lira_online", "lira_offline", "rmia"]] = Field(
         default_factory=lambda: ["loss", "art_blackbox"]
     )
     art_attack_model: Literal["rf", "gb", "lr", "nn"] = "rf"
+    # -- reference models (LiRA, RMIA: raigate.privacy.lira, raigate.privacy.reference) --
+    population: str | None = Field(
+        None, description="data spec of a population like the members, for reference models"
+    )
+    population_limit: int | None = Field(None, gt=0, description="first N population samples")
+    population_sample: int | None = Field(None, gt=0, description="seeded N population samples")
+    reference_models: int = Field(8, ge=2, description="reference models to train (K)")
+    reference_fraction: Fraction = Field(
+        0.5, gt=0, lt=1, description="share of the pool each reference model trains on"
+    )
+    reference: str | None = Field(
+        None, description="folder of saved reference models (reference.json) to reuse"
+    )
+    reference_epochs: int = Field(10, gt=0)
+    reference_lr: Fraction = Field(1e-3, gt=0)
+    reference_batch_size: int = Field(64, gt=0)
+    reference_optimizer: Literal["adam", "sgd"] = "adam"
+    reference_weight_decay: Fraction = Field(0.0, ge=0)
+    reference_flip: bool = Field(False, description="random horizontal flips in training")
+    reference_init: str | None = Field(
+        None, description="pretrained weights the audited model was fine-tuned from"
+    )
+    queries: Literal[1, 2] = Field(2, description="1: the image; 2: the image and its mirror")
+    lira_variance: Literal["auto", "global", "per_example"] = "auto"
+    rmia_mode: Literal["online", "offline"] = "online"
+    rmia_a: Fraction = Field(
+        0.3, ge=0, le=1, description="RMIA offline: p(x) = (1+a)/2 p_OUT + (1-a)/2"
+    )
+    rmia_gamma: Fraction = Field(1.0, gt=0, description="RMIA: ratio a population z must not beat")
     alpha: float = Field(0.05, gt=0, lt=1, description="1 - confidence of the epsilon bound")
     max_auc: float | None = Field(None, ge=0.5, le=1, description="gate: fail above this AUC")
     task: str | None = None
@@ -120,11 +156,125 @@ def _inputs(model: Model, data: Dataset, params: PrivacyParams) -> tuple[Dataset
     return members, non_members
 
 
+def _population(model: Model, params: PrivacyParams, task: str | None) -> Dataset | None:
+    """The population for reference models, when an attack needs them (else ``None``)."""
+    from raigate.audit.evaluate import require_inputs
+    from raigate.data import load_data
+    from raigate.labels import align_classes
+    from raigate.privacy.mia import REFERENCE_ATTACKS
+
+    wanted = [a for a in params.attacks if a in REFERENCE_ATTACKS]
+    if not wanted:
+        return None
+    if params.population is None:
+        raise ConfigError(
+            f"attack {wanted[0]} needs reference models trained on a population like the "
+            "members: give --population DATA_SPEC (plan: population = ...)"
+        )
+    population = load_data(
+        params.population,
+        task=task,
+        limit=params.population_limit,
+        sample=params.population_sample,
+        seed=params.seed,
+    )
+    require_inputs(model, population)
+    align_classes(model.class_names, population.class_names, params.label_map)
+    if params.reference is not None and not (Path(params.reference) / "reference.json").is_file():
+        raise ConfigError(f"--reference {params.reference}: no reference.json there")
+    return population
+
+
 def validate(model: Model, data: Dataset, params: PrivacyParams) -> None:
-    """Plan preflight: the claim (ledger readable, epsilon consistent with it) and both data
-    sets (members spec loads, samples, channels, classes), before any check runs."""
+    """Plan preflight: the claim (ledger readable, epsilon consistent with it) and the data
+    sets (members and population specs load, samples, channels, classes), before any check
+    runs."""
     _claim(params)
     _inputs(model, data, params)
+    _population(model, params, params.task or data.task)
+
+
+def _reference_scores(
+    model: Model,
+    members: Dataset,
+    non_members: Dataset,
+    params: PrivacyParams,
+    out_dir: str | Path | None,
+) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+    """Scores of the reference-model attacks (members, non-members) and what they cost."""
+    import numpy as np
+
+    from raigate.privacy.mia import REFERENCE_ATTACKS
+    from raigate.privacy.reference import (
+        REFERENCE_DIR,
+        ReferenceRecipe,
+        build_pool,
+        load_reference,
+        reference_attack_scores,
+        train_reference,
+    )
+
+    population = _population(model, params, params.task or members.task)
+    assert population is not None
+    pool = build_pool(model, members, non_members, population, label_map=params.label_map)
+    if params.reference is not None:
+        refs = load_reference(params.reference, model, pool)
+    else:
+        recipe = ReferenceRecipe(
+            epochs=params.reference_epochs,
+            lr=params.reference_lr,
+            batch_size=params.reference_batch_size,
+            optimizer=params.reference_optimizer,
+            weight_decay=params.reference_weight_decay,
+            flip=params.reference_flip,
+            init=params.reference_init,
+        )
+        refs = train_reference(
+            model,
+            pool,
+            k=params.reference_models,
+            fraction=params.reference_fraction,
+            recipe=recipe,
+            seed=params.seed,
+            out_dir=None if out_dir is None else Path(out_dir) / REFERENCE_DIR,
+            device=params.device,
+            progress=params.progress,
+        )
+    scores = reference_attack_scores(
+        model, pool, refs, [a for a in params.attacks if a in REFERENCE_ATTACKS],
+        queries=params.queries, variance=params.lira_variance, rmia_mode=params.rmia_mode,
+        rmia_a=params.rmia_a, rmia_gamma=params.rmia_gamma, batch_size=params.batch_size,
+        device=params.device,
+    )  # fmt: skip
+    nm, nt = pool.n_members, pool.n_targets
+    split = {k: (v[:nm], v[nm:nt]) for k, v in scores.items()}
+    cpu = refs.cpu_seconds
+    info = {
+        "files": ["reference.json", *(m["file"] for m in refs.manifest["models"])],
+        "reference_models": len(refs.nets),
+        "queries": params.queries,
+        "reused": refs.reused,
+        "directory": None if refs.directory is None else str(refs.directory),
+        "recipe": refs.manifest["recipe"],
+        "fraction": refs.manifest["fraction"],
+        "pool_size": refs.manifest["pool_size"],
+        "population": population.spec,
+        "population_digest": population.manifest.digest,
+        "population_n": len(pool.population),
+        "population_dropped_as_targets": pool.dropped,
+        "cpu_seconds_per_reference_model": float(np.mean(cpu)) if cpu else None,
+        "train_accuracy_mean": float(
+            np.mean([m["train_accuracy"] for m in refs.manifest["models"]])
+        ),
+    }
+    return split, info
+
+
+def _cost(r: Any) -> str:
+    """`` (8 reference models, 2 queries per example)`` for a reference-model attack."""
+    if not r.reference_models:
+        return ""
+    return f" ({r.reference_models} reference models, {r.queries} queries per example)"
 
 
 def run(
@@ -138,7 +288,12 @@ def run(
     ``params.non_members``); see the module docstring for every number reported."""
     if params is None:
         raise ConfigError("the privacy check needs members: PrivacyParams(members=DATA_SPEC)")
-    from raigate.privacy.mia import art_blackbox_scores, model_outputs, score_attack
+    from raigate.privacy.mia import (
+        REFERENCE_ATTACKS,
+        art_blackbox_scores,
+        model_outputs,
+        score_attack,
+    )
 
     start = time.perf_counter()
     claimed, delta, source = _claim(params)
@@ -161,15 +316,28 @@ def run(
     # The verdict rests on the strongest of m attacks: each bound is taken at alpha / m
     # (Bonferroni), so "some attack's bound is wrong" has probability at most alpha.
     each = params.alpha / len(attacks)
+    ref_scores: dict[str, tuple[Any, Any]] = {}
+    ref_info: dict[str, Any] | None = None
+    if any(a in REFERENCE_ATTACKS for a in attacks):
+        ref_scores, ref_info = _reference_scores(model, members, non_members, params, out_dir)
     results = []
+    curves: dict[str, tuple[Any, Any]] = {}
     for name in attacks:
+        cost: dict[str, int] = {}
         if name == "loss":
             sm, sn = -mo.loss, -no.loss
-        else:
+        elif name == "art_blackbox":
             sm, sn = art_blackbox_scores(
                 model, mo, no, attack_model=params.art_attack_model, seed=params.seed
             )
-        results.append(score_attack(name, sm, sn, delta=delta, alpha=each, seed=params.seed))
+        else:
+            sm, sn = ref_scores[name]
+            assert ref_info is not None
+            cost = {"reference_models": ref_info["reference_models"], "queries": params.queries}
+        curves[name] = (sm, sn)
+        results.append(
+            score_attack(name, sm, sn, delta=delta, alpha=each, seed=params.seed, **cost)
+        )
     table = [r.record() for r in results]
     best = max(results, key=lambda r: r.epsilon["eps_lower"])
     best_auc = max(results, key=lambda r: r.auc)
@@ -182,8 +350,9 @@ def run(
     )
     eps_text = (
         f"empirical epsilon lower bound {best.epsilon['eps_lower']:.3f} ({joint}, "
-        f"attack {best.attack}, threshold chosen on half the scores, Clopper-Pearson on the "
-        f"other half: {best.epsilon.get('tp')}/{best.epsilon.get('n_members_test')} members and "
+        f"attack {best.attack}{_cost(best)}, threshold chosen on half the scores, "
+        f"Clopper-Pearson on the other half: {best.epsilon.get('tp')}/"
+        f"{best.epsilon.get('n_members_test')} members and "
         f"{best.epsilon.get('fp')}/{best.epsilon.get('n_non_members_test')} non-members flagged, "
         f"delta={delta:g})"
     )
@@ -228,8 +397,23 @@ def run(
         record = Ledger.load(params.ledger).sampler
         if record is not None:
             findings.append(sampler_finding(record))
+    artifacts: list[str] = []
+    if out_dir is not None:
+        from raigate.audit.privacy_plots import ROC_NAME, plot_roc
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        plot_roc(
+            Path(out_dir) / ROC_NAME,
+            curves,
+            f"membership inference: {len(mo.labels)} members vs {len(no.labels)} non-members",
+        )
+        artifacts.append(ROC_NAME)
+        if ref_info is not None and not ref_info["reused"]:
+            # the saved reference models are part of the bundle: signed, like the figure
+            artifacts += [f"reference/{f}" for f in ref_info["files"]]
     metrics: dict[str, Any] = {
         "attacks": table,
+        "reference_models": 0 if ref_info is None else ref_info["reference_models"],
         "eps_lower": best.epsilon["eps_lower"],
         "auc": best_auc.auc,
         "alpha_per_attack": each,
@@ -245,6 +429,8 @@ def run(
         params={
             **params.model_dump(exclude={"progress"}),
             "claim_source": source,
+            "strongest_attack": best.attack,
+            "reference_run": ref_info,
             "definitions": {
                 "auc": "P(score of a random member > score of a random non-member), ties 1/2",
                 "tpr_at_fpr": "TPR at the largest ROC point with FPR <= the target",
@@ -258,10 +444,20 @@ def run(
                 "loss": "score = -cross-entropy of the true label (Yeom et al. 2018)",
                 "art_blackbox": f"ART MembershipInferenceBlackBox ({params.art_attack_model}) "
                 "on probabilities + label, fit on half, scored on the other half",
+                "lira_online": "Carlini et al. 2022: log N(phi; mu_in, s_in) - log N(phi; "
+                "mu_out, s_out), phi = logit_y - logsumexp(other logits), Gaussians fitted "
+                "to the reference models that did / did not train on the example, mean over "
+                "queries; one global variance below 64 reference models (lira_variance auto)",
+                "lira_offline": "Carlini et al. 2022: log Pr[Z <= phi], Z ~ N(mu_out, s_out^2) "
+                "from the OUT reference models only, mean over queries",
+                "rmia": "Zarifzadeh et al. 2024: fraction of population z with "
+                "(p(x|theta)/p(x)) / (p(z|theta)/p(z)) >= gamma, p(.) the reference models' "
+                "mean probability of the true label (offline: (1+a)/2 p_OUT + (1-a)/2)",
             },
         },
         metrics=metrics,
         findings=findings,
+        artifacts=artifacts,
         seed=params.seed,
         environment=collect_environment(params.device),
         model=ModelRef.of(model),
@@ -299,8 +495,9 @@ def _auc_finding(results: list[Any], max_auc: float, each: float, joint: str) ->
         value=max(x.auc for x in results),
         threshold=max_auc,
         message=(
-            f"membership inference AUC {r.auc:.4f} (attack {r.attack}, {r.n_members} members "
-            f"vs {r.n_non_members} non-members; 0.5 is chance): its interval [{lo:.4f}, "
+            f"membership inference AUC {r.auc:.4f} (attack {r.attack}{_cost(r)}, "
+            f"{r.n_members} members vs {r.n_non_members} non-members; 0.5 is chance): its "
+            f"interval [{lo:.4f}, "
             f"{hi:.4f}] ({joint}, Hanley-McNeil) {rel} the maximum {max_auc:.4f}"
         ),
     )

@@ -301,8 +301,81 @@ def audit_cmd(
         float | None, typer.Option("--delta", help="delta (default: the ledger's or 1e-5)")
     ] = None,
     attacks: Annotated[
-        str, typer.Option("--attacks", help="comma-separated: loss, art_blackbox")
+        str,
+        typer.Option(
+            "--attacks",
+            help="comma-separated: loss, art_blackbox, lira_online, lira_offline, rmia "
+            "(the last three train reference models on --population)",
+        ),
     ] = "loss,art_blackbox",
+    population: Annotated[
+        str | None,
+        typer.Option(
+            "--population", help="data spec of a population like the members (LiRA, RMIA)"
+        ),
+    ] = None,
+    population_sample: Annotated[
+        int | None, typer.Option("--population-sample", help="seeded N population samples")
+    ] = None,
+    reference_models: Annotated[
+        int, typer.Option("--reference-models", help="reference models to train (K)")
+    ] = 8,
+    reference_fraction: Annotated[
+        float,
+        typer.Option(
+            "--reference-fraction",
+            help="share of the pool (targets + population) each reference model trains on: "
+            "match the audited model's training-set size",
+        ),
+    ] = 0.5,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference", help="reuse reference models saved in OUT/reference by an earlier audit"
+        ),
+    ] = None,
+    reference_epochs: Annotated[
+        int, typer.Option("--reference-epochs", help="reference recipe: epochs")
+    ] = 10,
+    reference_lr: Annotated[
+        float, typer.Option("--reference-lr", help="reference recipe: learning rate")
+    ] = 1e-3,
+    reference_batch_size: Annotated[
+        int, typer.Option("--reference-batch-size", help="reference recipe: batch size")
+    ] = 64,
+    reference_optimizer: Annotated[
+        Literal["adam", "sgd"],
+        typer.Option("--reference-optimizer", help="reference recipe: adam or sgd (momentum 0.9)"),
+    ] = "adam",
+    reference_weight_decay: Annotated[
+        float, typer.Option("--reference-weight-decay", help="reference recipe: weight decay")
+    ] = 0.0,
+    reference_flip: Annotated[
+        bool, typer.Option("--reference-flip", help="reference recipe: random horizontal flips")
+    ] = False,
+    reference_init: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference-init",
+            help="pretrained weights the audited model was fine-tuned from (default: fresh "
+            "initialization from its factory)",
+        ),
+    ] = None,
+    queries: Annotated[
+        int, typer.Option("--queries", help="1: the image; 2: the image and its mirror")
+    ] = 2,
+    lira_variance: Annotated[
+        Literal["auto", "global", "per_example"],
+        typer.Option("--lira-variance", help="auto: one global variance below 64 models"),
+    ] = "auto",
+    rmia_mode: Annotated[
+        Literal["online", "offline"],
+        typer.Option("--rmia-mode", help="online: IN and OUT models; offline: OUT only"),
+    ] = "online",
+    rmia_a: Annotated[
+        float, typer.Option("--rmia-a", help="RMIA offline: p(x) = (1+a)/2 p_OUT(x) + (1-a)/2")
+    ] = 0.3,
+    rmia_gamma: Annotated[float, typer.Option("--rmia-gamma", help="RMIA's gamma")] = 1.0,
     members_limit: Annotated[
         int | None, typer.Option("--members-limit", help="first N members only")
     ] = None,
@@ -325,8 +398,9 @@ def audit_cmd(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Membership inference (loss threshold, ART black box): AUC, TPR at FPR 0.1%/1%, and an
-    empirical epsilon lower bound (Clopper-Pearson) next to the claimed epsilon."""
+    """Membership inference (loss threshold, ART black box, LiRA online/offline and RMIA with
+    reference models): AUC, TPR at FPR 0.1%/1% with intervals, and an empirical epsilon
+    lower bound (Clopper-Pearson) next to the claimed epsilon."""
     from raigate.audit import privacy
     from raigate.data import load_data
 
@@ -344,6 +418,23 @@ def audit_cmd(
         epsilon=epsilon,
         delta=delta,
         attacks=list(parse_names(attacks) or []),
+        population=population,
+        population_sample=population_sample,
+        reference_models=reference_models,
+        reference_fraction=reference_fraction,
+        reference=str(reference) if reference else None,
+        reference_epochs=reference_epochs,
+        reference_lr=reference_lr,
+        reference_batch_size=reference_batch_size,
+        reference_optimizer=reference_optimizer,
+        reference_weight_decay=reference_weight_decay,
+        reference_flip=reference_flip,
+        reference_init=str(reference_init) if reference_init else None,
+        queries=queries,
+        lira_variance=lira_variance,
+        rmia_mode=rmia_mode,
+        rmia_a=rmia_a,
+        rmia_gamma=rmia_gamma,
         alpha=alpha,
         max_auc=max_auc,
         task=task,
@@ -359,10 +450,37 @@ def audit_cmd(
         f"members {m['n_members']} (accuracy {m['member_accuracy']:.4f}), non-members "
         f"{m['n_non_members']} (accuracy {m['non_member_accuracy']:.4f})"
     )
+    ref = result.params.get("reference_run")
+    if ref is not None:
+        how = (
+            f"reused from {ref['directory']}"
+            if ref["reused"]
+            else (
+                f"trained, {ref['cpu_seconds_per_reference_model']:.1f} CPU s each, mean train "
+                f"accuracy {ref['train_accuracy_mean']:.4f}"
+                + (f", saved in {ref['directory']}" if ref["directory"] else "")
+            )
+        )
+        typer.echo(
+            f"reference models: {ref['reference_models']} ({how}); population "
+            f"{ref['population']}: {ref['population_n']} samples"
+            + f"; each model trained on {ref['fraction']:g} of the pool of {ref['pool_size']}"
+            + (f" ({ref['population_dropped_as_targets']} equal to a target dropped)"
+               if ref["population_dropped_as_targets"] else "")
+        )  # fmt: skip
     typer.echo(
         format_table(
-            m["attacks"],
-            ["attack", "auc", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01", "eps_lower", "eps_point"],
+            [_ci_row(r) for r in m["attacks"]],
+            [
+                "attack",
+                "auc",
+                "tpr@0.1%fpr",
+                "tpr@1%fpr",
+                "eps_lower",
+                "eps_point",
+                "models",
+                "queries",
+            ],
         )
     )
     claimed = m["claimed_epsilon"]
@@ -375,6 +493,9 @@ def audit_cmd(
     )
     for f in result.findings:
         typer.echo(f"\n[{f.severity.upper()}] {f.message}")
+    for a in result.artifacts:
+        if a.endswith(".png"):
+            typer.echo(f"\nROC (log-log): {out / a}")
     typer.echo(f"\nwrote {path}")
     if result.verdict == "fail":
         raise GateFailed("; ".join(f.message for f in result.findings if f.severity == "fail"))
@@ -412,6 +533,20 @@ def check_sampler_cmd(
     typer.echo(report.message)
     if not report.ok:
         raise GateFailed("the sampler's draws are not the Poisson sampling the accountant charges")
+def _ci_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One attack's table row: TPRs with their Clopper-Pearson intervals."""
+
+    def tpr(key: str) -> str:
+        lo, hi = r.get(f"{key}_ci", (None, None))
+        v = r[key]
+        return f"{v:.4f}" if lo is None else f"{v:.4f} [{lo:.3f},{hi:.3f}]"
+
+    return {
+        **r,
+        "tpr@0.1%fpr": tpr("tpr_at_fpr_0.001"),
+        "tpr@1%fpr": tpr("tpr_at_fpr_0.01"),
+        "models": r.get("reference_models", 0),
+    }
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,9 @@ Two attacks score every example (higher = "looks like a training member"):
   attack model (random forest by default) trained on the model's output probabilities and
   the label of half the members and half the non-members, scored on the other halves.
 
+LiRA and RMIA, which calibrate each example's score by reference models, live in
+:mod:`raigate.privacy.lira` and are summarized by the same :func:`score_attack`.
+
 For each attack: AUC (the probability that a random member outscores a random
 non-member, ties counting one half), TPR at FPR 0.1% and 1% (read off the ROC curve at the
 largest FPR not above the target: a conservative reading), and an empirical epsilon lower
@@ -25,7 +28,7 @@ the guarantee is broken (or the audit is in the 5% tail).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -40,12 +43,15 @@ from raigate.errors import ConfigError
 from raigate.labels import data_to_model_index
 from raigate.models.base import Model
 
-AttackName = Literal["loss", "art_blackbox"]
-ATTACKS: tuple[str, ...] = ("loss", "art_blackbox")
+AttackName = Literal["loss", "art_blackbox", "lira_online", "lira_offline", "rmia"]
+ATTACKS: tuple[str, ...] = ("loss", "art_blackbox", "lira_online", "lira_offline", "rmia")
+REFERENCE_ATTACKS: tuple[str, ...] = ("lira_online", "lira_offline", "rmia")
+"""Attacks that need reference models (:mod:`raigate.privacy.lira`)."""
 FPR_TARGETS: tuple[float, ...] = (0.001, 0.01)
 
 __all__ = [
     "ATTACKS",
+    "REFERENCE_ATTACKS",
     "AttackResult",
     "ModelOutputs",
     "art_blackbox_scores",
@@ -55,6 +61,7 @@ __all__ = [
     "model_outputs",
     "score_attack",
     "tpr_at_fpr",
+    "tpr_interval",
 ]
 
 
@@ -151,9 +158,22 @@ def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:
     return float(tprs[ok].max()) if ok.any() else 0.0
 
 
+def tpr_interval(
+    labels: np.ndarray, scores: np.ndarray, fpr: float, alpha: float
+) -> tuple[float, float]:
+    """Two-sided ``1 - alpha`` Clopper-Pearson interval of the TPR at the threshold
+    :func:`tpr_at_fpr` reads (the members it flags, out of all members). The threshold is
+    read off the same scores, so the interval covers the sampling of the members given it."""
+    n_pos = int(np.sum(labels == 1))
+    tp = round(tpr_at_fpr(labels, scores, fpr) * n_pos)
+    return clopper_pearson(tp, n_pos, alpha)
+
+
 @dataclass(frozen=True)
 class AttackResult:
-    """AUC, TPR at low FPR and the empirical epsilon bound of one attack."""
+    """AUC, TPR at low FPR (with intervals) and the empirical epsilon bound of one attack;
+    ``reference_models`` and ``queries`` say what the attack cost (0 and 1 for the loss
+    attack)."""
 
     attack: str
     auc: float
@@ -161,16 +181,24 @@ class AttackResult:
     epsilon: dict[str, Any]
     n_members: int
     n_non_members: int
+    tpr_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    auc_ci: tuple[float, float] | None = None
+    reference_models: int = 0
+    queries: int = 1
 
     def record(self) -> dict[str, Any]:
         return {
             "attack": self.attack,
             "auc": self.auc,
+            **({"auc_ci": list(self.auc_ci)} if self.auc_ci is not None else {}),
             **{f"tpr_at_fpr_{k}": v for k, v in self.tpr.items()},
+            **{f"tpr_at_fpr_{k}_ci": list(v) for k, v in self.tpr_ci.items()},
             "eps_lower": self.epsilon["eps_lower"],
             "eps_point": self.epsilon.get("eps_point"),
             "n_members": self.n_members,
             "n_non_members": self.n_non_members,
+            "reference_models": self.reference_models,
+            "queries": self.queries,
         }
 
 
@@ -182,8 +210,11 @@ def score_attack(
     delta: float,
     alpha: float = 0.05,
     seed: int = 0,
+    reference_models: int = 0,
+    queries: int = 1,
 ) -> AttackResult:
-    """Summarize an attack's scores (higher = member) into an :class:`AttackResult`."""
+    """Summarize an attack's scores (higher = member) into an :class:`AttackResult`; the
+    AUC and TPR intervals are two-sided at ``alpha``."""
     from sklearn.metrics import roc_auc_score
 
     m = np.asarray(member_scores, dtype=np.float64)
@@ -194,9 +225,19 @@ def score_attack(
         raise ConfigError("a membership attack needs at least one member and one non-member")
     auc = float(roc_auc_score(labels, scores))
     tpr = {f"{f:g}": tpr_at_fpr(labels, scores, f) for f in FPR_TARGETS}
+    tpr_ci = {f"{f:g}": tpr_interval(labels, scores, f, alpha) for f in FPR_TARGETS}
     eps = empirical_epsilon(m, n, delta=delta, alpha=alpha, seed=seed)
     return AttackResult(
-        attack=name, auc=auc, tpr=tpr, epsilon=eps, n_members=len(m), n_non_members=len(n)
+        attack=name,
+        auc=auc,
+        tpr=tpr,
+        epsilon=eps,
+        n_members=len(m),
+        n_non_members=len(n),
+        tpr_ci=tpr_ci,
+        auc_ci=auc_interval(auc, len(m), len(n), alpha),
+        reference_models=reference_models,
+        queries=queries,
     )
 
 

@@ -1,0 +1,465 @@
+"""Reference models for LiRA and RMIA: the audited model's recipe, retrained K times.
+
+The pool is the targets (members, then non-members) followed by the population the user
+supplies, with population images that equal a target dropped (compared by pixels), so no
+example is counted twice. Each reference model trains on a random half of the pool, chosen
+as in Carlini et al.'s code so that every example is IN for exactly ``K // 2`` models and
+OUT for the rest: online attacks then have IN and OUT models for every target, offline
+attacks use each example's OUT models. LiRA assumes the reference models are trained like
+the audited one, on as many examples: when half the pool is more than the audited model
+trained on, ``fraction`` (e.g. 0.25: each example IN for ``round(0.25 K)`` models) brings the
+reference training sets down to its size.
+
+A reference model starts where the audited model started: a fresh network from the same
+factory and kwargs (seeded per model), or, with ``init`` (the pretrained weights the audited
+model was fine-tuned from), those weights. It never starts from the audited model's own
+weights, which have seen the members.
+
+``OUT/reference/`` holds ``ref_000.safetensors`` ... and ``reference.json``: the manifest
+digests of the members, non-members and population, the population positions kept, which
+pool positions each model trained on, the recipe and the seeds. A later audit passes the
+folder back (``--reference DIR``) and skips the training; a manifest that names other data
+is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from raigate.data.base import Dataset
+from raigate.errors import ConfigError
+from raigate.models.base import Model
+from raigate.values import Fraction
+
+MANIFEST = "reference.json"
+REFERENCE_DIR = "reference"
+
+__all__ = [
+    "MANIFEST",
+    "REFERENCE_DIR",
+    "Pool",
+    "ReferenceRecipe",
+    "ReferenceSet",
+    "build_pool",
+    "fit_recipe",
+    "in_out_split",
+    "load_reference",
+    "query_outputs",
+    "reference_attack_scores",
+    "train_reference",
+]
+
+
+class ReferenceRecipe(BaseModel):
+    """How each reference model is trained: meant to repeat the audited model's recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, gt=0)
+    lr: Fraction = Field(1e-3, gt=0)
+    batch_size: int = Field(64, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: Fraction = Field(0.9, ge=0, lt=1, description="SGD only")
+    weight_decay: Fraction = Field(0.0, ge=0)
+    flip: bool = Field(False, description="random horizontal flips while training")
+    init: str | None = Field(None, description="weights file to fine-tune from (pretrained)")
+
+
+class _ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    sha256: str
+    seed: int
+    in_pool: list[int]
+    train_accuracy: float
+    cpu_seconds: float
+    seconds: float
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1] = 1
+    architecture: str
+    members: dict[str, Any]
+    non_members: dict[str, Any]
+    population: dict[str, Any]
+    pool_size: int
+    fraction: float = 0.5
+    recipe: ReferenceRecipe
+    init_sha256: str | None = None
+    seed: int
+    models: list[_ModelEntry]
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Targets then population, as pixels the model takes, with labels in its class order."""
+
+    x: Tensor
+    y: Tensor
+    n_members: int
+    n_non_members: int
+    population_positions: np.ndarray
+    dropped: int
+    sources: dict[str, dict[str, Any]]
+
+    @property
+    def n_targets(self) -> int:
+        return self.n_members + self.n_non_members
+
+    @property
+    def population(self) -> np.ndarray:
+        """Pool positions of the population samples (RMIA's ``z``)."""
+        return np.arange(self.n_targets, len(self.y))
+
+
+def _tensors(
+    model: Model, data: Dataset, label_map: dict[str, str] | None
+) -> tuple[Tensor, Tensor]:
+    from raigate.audit.evaluate import prepare
+    from raigate.labels import data_to_model_index
+
+    to_model = data_to_model_index(model.class_names, data.class_names, label_map)
+    xs = [x for x, _, _ in prepare(model, data).loader(256)]
+    y = torch.as_tensor(to_model[data.labels], dtype=torch.long)
+    return torch.cat(xs).float(), y
+
+
+def _digest_rows(x: Tensor) -> list[str]:
+    return [hashlib.sha256(r.numpy().tobytes()).hexdigest() for r in x]
+
+
+def build_pool(
+    model: Model,
+    members: Dataset,
+    non_members: Dataset,
+    population: Dataset,
+    *,
+    label_map: dict[str, str] | None = None,
+) -> Pool:
+    """Load the three sets into memory (reference training makes many passes over them)."""
+    xm, ym = _tensors(model, members, label_map)
+    xn, yn = _tensors(model, non_members, label_map)
+    xp, yp = _tensors(model, population, label_map)
+    seen = set(_digest_rows(xm)) | set(_digest_rows(xn))
+    keep = np.array([d not in seen for d in _digest_rows(xp)], dtype=bool)
+    if keep.sum() < 2:
+        raise ConfigError(
+            f"population {population.spec} has {int(keep.sum())} samples besides the members "
+            "and non-members; LiRA and RMIA need a population of the same distribution"
+        )
+    kept = np.flatnonzero(keep)
+    return Pool(
+        x=torch.cat([xm, xn, xp[kept]]),
+        y=torch.cat([ym, yn, yp[kept]]),
+        n_members=len(ym),
+        n_non_members=len(yn),
+        population_positions=kept,
+        dropped=int((~keep).sum()),
+        sources={
+            name: {"spec": d.spec, "digest": d.manifest.digest, "n": len(d)}
+            for name, d in (
+                ("members", members),
+                ("non_members", non_members),
+                ("population", population),
+            )
+        },
+    )
+
+
+def in_out_split(k: int, n: int, seed: int, fraction: float = 0.5) -> np.ndarray:
+    """``mask[k, n]``: every example IN for exactly ``round(fraction * k)`` of ``k`` models
+    (at least one, at most ``k - 1``), by the rank of a uniform draw per example, as in
+    Carlini et al.'s code; each model then trains on about ``fraction * n`` examples."""
+    u = np.random.default_rng([seed, 0x11A]).uniform(size=(k, n))
+    n_in = min(max(round(fraction * k), 1), k - 1)
+    return u.argsort(0).argsort(0) < n_in
+
+
+def _fresh_net(model: Model, recipe: ReferenceRecipe) -> nn.Module:
+    """The audited architecture at a fresh initialization (from its factory when the model
+    names one, else by each layer's ``reset_parameters``), or at ``recipe.init``."""
+    from raigate.models.factories import build_network
+    from raigate.models.loaders import ModelSpecFile
+    from raigate.models.weights import apply_state_dict, load_state_dict_file
+
+    if model.source == "factory":
+        net = build_network(model.spec, num_classes=model.num_classes, trust_code=True)
+    elif model.source == "json":
+        doc = ModelSpecFile.model_validate_json(Path(model.spec).read_text(encoding="utf-8"))
+        net = build_network(
+            doc.factory, kwargs=doc.kwargs, num_classes=model.num_classes, trust_code=True
+        )  # the audited model was built from this factory, so it passed the trust rules
+    else:
+        net = copy.deepcopy(model.net)
+        for name, mod in net.named_modules():
+            own = list(mod.parameters(recurse=False))
+            if own and not hasattr(mod, "reset_parameters"):
+                raise ConfigError(
+                    f"cannot re-initialize layer {name or '(root)'} ({type(mod).__name__}) of "
+                    f"{model.spec}: give the model as a factory or model spec .json"
+                )
+            if own:
+                mod.reset_parameters()
+    if recipe.init is not None:
+        apply_state_dict(net, load_state_dict_file(recipe.init), source=recipe.init)
+    return net
+
+
+def fit_recipe(
+    net: nn.Module,
+    transform: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    recipe: ReferenceRecipe,
+    seed: int,
+    device: str,
+) -> float:
+    """Train ``net`` (on pixels through ``transform``, the audited model's normalization)
+    with the recipe: plain minibatches, seeded shuffles and flips. Returns the training
+    accuracy. Also the way to train a target whose recipe the reference models repeat."""
+    gen = torch.Generator().manual_seed(seed)
+    net.to(device).train()
+    transform = transform.to(device)
+    if recipe.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(
+            net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+        )
+    else:
+        opt = torch.optim.SGD(
+            net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+        )  # fmt: skip
+    for _ in range(recipe.epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), recipe.batch_size):
+            idx = order[i : i + recipe.batch_size]
+            xb, yb = x[idx], y[idx]
+            if recipe.flip:
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            loss = F.cross_entropy(net(transform(xb.to(device))), yb.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        right = sum(
+            int((net(transform(x[i : i + 512].to(device))).argmax(1).cpu() == y[i : i + 512]).sum())
+            for i in range(0, len(y), 512)
+        )
+    return right / max(len(y), 1)
+
+
+@dataclass
+class ReferenceSet:
+    """Trained (or reloaded) reference networks, which pool examples each saw, and the
+    manifest that says how they were made."""
+
+    nets: list[nn.Module]
+    in_mask: np.ndarray
+    manifest: dict[str, Any]
+    directory: Path | None
+    reused: bool
+
+    @property
+    def cpu_seconds(self) -> list[float]:
+        return [m["cpu_seconds"] for m in self.manifest["models"]]
+
+
+def train_reference(
+    model: Model,
+    pool: Pool,
+    *,
+    k: int = 8,
+    fraction: float = 0.5,
+    recipe: ReferenceRecipe | None = None,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> ReferenceSet:
+    """Train ``k`` reference models on random halves of ``pool`` (``fraction``: another
+    share, to match the audited model's training-set size); with ``out_dir``, save them and
+    ``reference.json`` there (see the module docstring)."""
+    from raigate._io import sha256_file, write_atomic
+    from raigate.models.base import require_white_box
+    from raigate.models.weights import save_safetensors
+
+    if k < 2:
+        raise ConfigError(f"LiRA and RMIA need at least 2 reference models, got {k}")
+    require_white_box(model, "training reference models (LiRA, RMIA)")
+    recipe = recipe or ReferenceRecipe()
+    if not 0 < fraction < 1:
+        raise ConfigError(
+            f"the reference fraction must lie strictly between 0 and 1, got {fraction}"
+        )
+    mask = in_out_split(k, len(pool.y), seed, fraction)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    nets: list[nn.Module] = []
+    entries: list[dict[str, Any]] = []
+    for i in tqdm(range(k), desc="reference models", disable=not progress):
+        s = int(np.random.default_rng([seed, 0x2EF, i]).integers(2**31))
+        torch.manual_seed(s)
+        net = _fresh_net(model, recipe)
+        rows = np.flatnonzero(mask[i])
+        t0, c0 = time.perf_counter(), time.process_time()
+        acc = fit_recipe(net, model.transform, pool.x[rows], pool.y[rows], recipe, s, device)
+        entry = {
+            "file": f"ref_{i:03d}.safetensors",
+            "sha256": "",
+            "seed": s,
+            "in_pool": rows.tolist(),
+            "train_accuracy": acc,
+            "cpu_seconds": round(time.process_time() - c0, 3),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        if out is not None:
+            entry["sha256"] = sha256_file(save_safetensors(net, out / entry["file"]))
+        nets.append(net.cpu().eval())
+        entries.append(entry)
+    manifest = _Manifest(
+        architecture=model.spec,
+        members=pool.sources["members"],
+        non_members=pool.sources["non_members"],
+        population={**pool.sources["population"], "kept": pool.population_positions.tolist()},
+        pool_size=len(pool.y),
+        fraction=fraction,
+        recipe=recipe,
+        init_sha256=sha256_file(recipe.init) if recipe.init else None,
+        seed=seed,
+        models=[_ModelEntry(**e) for e in entries],
+    ).model_dump()
+    if out is not None:
+        write_atomic(out / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1) + "\n")
+    return ReferenceSet(nets=nets, in_mask=mask, manifest=manifest, directory=out, reused=False)
+
+
+def load_reference(directory: str | Path, model: Model, pool: Pool) -> ReferenceSet:
+    """Reload saved reference models after checking that they were trained on this pool:
+    the same members, non-members and population (manifest digests) and weights files that
+    still hash to what the manifest says."""
+    from raigate._io import sha256_file
+    from raigate.models.weights import apply_state_dict, load_state_dict_file
+
+    d = Path(directory)
+    path = d / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"--reference {d}: no {MANIFEST} there (train with --population first)")
+    try:
+        doc = _Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValidationError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--reference {d}: {MANIFEST} is not a reference manifest") from e
+    for name in ("members", "non_members", "population"):
+        want, have = pool.sources[name]["digest"], getattr(doc, name).get("digest")
+        if want != have:
+            raise ConfigError(
+                f"--reference {d} was trained with {name.replace('_', '-')} "
+                f"{getattr(doc, name).get('spec')} (manifest digest {str(have)[:12]}), not "
+                f"{pool.sources[name]['spec']} ({want[:12]}); retrain without --reference"
+            )
+    if (
+        doc.pool_size != len(pool.y)
+        or doc.population.get("kept") != pool.population_positions.tolist()
+    ):
+        raise ConfigError(f"--reference {d}: its pool differs from this audit's; retrain")
+    if len(doc.models) < 2:
+        raise ConfigError(f"--reference {d}: needs at least 2 reference models")
+    nets = []
+    mask = np.zeros((len(doc.models), doc.pool_size), dtype=bool)
+    for i, entry in enumerate(doc.models):
+        f = d / entry.file
+        if not f.is_file() or sha256_file(f) != entry.sha256:
+            raise ConfigError(f"--reference {d}: {entry.file} is missing or changed since training")
+        net = _fresh_net(model, doc.recipe.model_copy(update={"init": None}))
+        apply_state_dict(net, load_state_dict_file(f), source=f)
+        nets.append(net.eval())
+        mask[i, entry.in_pool] = True
+    return ReferenceSet(
+        nets=nets, in_mask=mask, manifest=doc.model_dump(), directory=d, reused=True
+    )
+
+
+@torch.no_grad()
+def query_outputs(
+    forward: Any,
+    pool: Pool,
+    *,
+    queries: int,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(phi[Q, N], p_y[Q, N])`` of one network on every pool example, for the plain image
+    and (``queries == 2``) its mirror."""
+    from raigate.privacy.lira import scaled_logit
+
+    n = len(pool.y)
+    phi = np.empty((queries, n))
+    prob = np.empty((queries, n))
+    for i in range(0, n, batch_size):
+        x, y = pool.x[i : i + batch_size].to(device), pool.y[i : i + batch_size].to(device)
+        for q in range(queries):
+            logits = forward(x.flip(-1) if q == 1 else x).double()
+            phi[q, i : i + len(y)] = scaled_logit(logits, y).cpu().numpy()
+            prob[q, i : i + len(y)] = (
+                logits.softmax(1).gather(1, y[:, None]).squeeze(1).cpu().numpy()
+            )
+    return phi, prob
+
+
+def reference_attack_scores(
+    model: Model,
+    pool: Pool,
+    refs: ReferenceSet,
+    attacks: list[str],
+    *,
+    queries: int = 2,
+    variance: Literal["auto", "global", "per_example"] = "auto",
+    rmia_mode: Literal["online", "offline"] = "online",
+    rmia_a: float = 0.3,
+    rmia_gamma: float = 1.0,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
+    """Scores over the whole pool (targets first) of each of ``attacks`` among
+    ``lira_online``, ``lira_offline`` and ``rmia`` (:mod:`raigate.privacy.lira`), from one
+    pass of the audited model and of every reference model over the pool."""
+    from raigate.privacy import lira
+
+    kw = {"queries": queries, "batch_size": batch_size, "device": device}
+    model.to(device)
+    t_phi, t_p = query_outputs(model.logits, pool, **kw)  # type: ignore[arg-type]
+    outs = []
+    for net in refs.nets:
+        net.to(device)
+        outs.append(query_outputs(lambda x, n=net: n(model.transform(x)), pool, **kw))  # type: ignore[arg-type]
+        net.cpu()
+    r_phi = np.stack([o[0] for o in outs])
+    r_p = np.stack([o[1] for o in outs])
+    mask = refs.in_mask
+    scores: dict[str, np.ndarray] = {}
+    if "lira_online" in attacks:
+        scores["lira_online"] = lira.lira_online_scores(t_phi, r_phi, mask, variance=variance)
+    if "lira_offline" in attacks:
+        scores["lira_offline"] = lira.lira_offline_scores(t_phi, r_phi, mask, variance=variance)
+    if "rmia" in attacks:
+        scores["rmia"] = lira.rmia_scores(
+            t_p.mean(0), r_p.mean(1), mask, pool.population, mode=rmia_mode, a=rmia_a,
+            gamma=rmia_gamma,
+        )  # fmt: skip
+    return scores
