@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from raigate.privacy.bookkeeping import BookKeeping, bookkeeping_optimizer
 from raigate.privacy.canaries import CanaryAudit, audit_canaries, eps_lower_bound
 from raigate.privacy.fold import fold_batchnorm, private_net, replace_batchnorm
 from raigate.privacy.ledger import Ledger, epsilons_for
@@ -21,12 +22,14 @@ from raigate.privacy.preflight import Problem
 from raigate.privacy.train import DPParams, PrivateTraining, run_private_training, train_private
 
 __all__ = [
+    "BookKeeping",
     "CanaryAudit",
     "DPParams",
     "Ledger",
     "PrivateTraining",
     "Problem",
     "audit_canaries",
+    "bookkeeping_optimizer",
     "eps_lower_bound",
     "epsilons_for",
     "fold_batchnorm",

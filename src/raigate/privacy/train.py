@@ -65,6 +65,7 @@ from raigate.privacy.balance import (
     balance_groups,
     weighted_clip_optimizer,
 )
+from raigate.privacy.bookkeeping import BookKeeping, bookkeeping_optimizer
 from raigate.privacy.canaries import CanaryAudit, CanaryPlan, audit_canaries, plan_canaries
 from raigate.privacy.fold import BatchNormAction, batchnorm_layers, rebuild
 from raigate.privacy.grad_sample import (
@@ -573,7 +574,7 @@ def _run(
     sigma = _calibrate(params, q, planned, prefix)
 
     # 3. Per-sample gradients, optimizer, accountant, sampler.
-    mode = resolve_mode(net, params.grad_sample_mode)
+    mode = resolve_mode(net, params.grad_sample_mode, augmult=params.augmult)
     if params.augmult > 1 and mode == "ew":
         raise ConfigError("--augmult needs --grad-sample-mode fast or hooks (ew fixes the batch)")
     net.to(device).train()
@@ -584,9 +585,9 @@ def _run(
         trainee: nn.Module = DPDDP(net)
     else:
         trainee = net
-    engine: FastGradSample | None = None
-    if mode == "fast":
-        engine = FastGradSample(net)
+    engine: FastGradSample | BookKeeping | None = None
+    if mode in ("fast", "bk"):
+        engine = BookKeeping(net) if mode == "bk" else FastGradSample(net)
         forward: nn.Module = trainee
     else:
         try:
@@ -603,7 +604,11 @@ def _run(
     from opacus.accountants import create_accountant
     from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 
-    opt_cls = weighted_clip_optimizer(DistributedDPOptimizer if world > 1 else DPOptimizer)
+    base = DistributedDPOptimizer if world > 1 else DPOptimizer
+    if isinstance(engine, BookKeeping):  # clips in the engine; honours sample_weights too
+        opt_cls = bookkeeping_optimizer(base, engine)
+    else:
+        opt_cls = weighted_clip_optimizer(base)
     optimizer = opt_cls(
         _make_optimizer(params, net, params.lr),
         noise_multiplier=sigma,
