@@ -6,8 +6,9 @@ GroupNorm CNN (``raigate.zoo.small_cnn(norm="group")``, 10 classes) and a batch 
 gradients, flat clipping to C=1 and Gaussian noise (sigma=1) through Opacus' DPOptimizer:
 
 * Opacus ``hooks`` (its default), ``ew`` (ExpandedWeights), ``functorch``, ``ghost``;
-* raigate ``fast`` (:mod:`raigate.privacy.grad_sample`), what ``--grad-sample-mode auto``
-  picks for this model. Goal: at most 1.6x the non-private step.
+* raigate ``fast`` (:mod:`raigate.privacy.grad_sample`; goal: at most 1.6x the
+  non-private step) and ``bk`` (book-keeping, :mod:`raigate.privacy.bookkeeping`), what
+  ``--grad-sample-mode auto`` picks for this model. ResNet-20: ``bench/dp_resnet.py``.
 
 ``tests/privacy/test_grad_sample.py`` proves the clipped, noised gradients of ``fast``
 equal those of Opacus' hooks mode. Peak memory: each case runs 3 steps in a fresh
@@ -34,7 +35,8 @@ CASES = (
     "opacus ew",
     "opacus functorch",
     "opacus ghost",
-    "raigate fast (auto)",
+    "raigate fast",
+    "raigate bk (auto)",
 )
 
 
@@ -47,6 +49,7 @@ def _step_fn(label: str, seed: int = 0) -> Callable[[], None]:
     )
     from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
+    from raigate.privacy.bookkeeping import BookKeeping, bookkeeping_optimizer
     from raigate.privacy.grad_sample import FastGradSample
 
     warnings.filterwarnings("ignore")
@@ -96,8 +99,15 @@ def _step_fn(label: str, seed: int = 0) -> Callable[[], None]:
             dopt.step()
 
         return opacus_step
-    engine = FastGradSample(net)
-    fopt = DPOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), **dp)
+    engine: FastGradSample | BookKeeping
+    if label == "raigate bk (auto)":
+        engine = BookKeeping(net)
+        fopt = bookkeeping_optimizer(DPOptimizer, engine)(
+            torch.optim.SGD(net.parameters(), lr=0.1), **dp
+        )
+    else:
+        engine = FastGradSample(net)
+        fopt = DPOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), **dp)
 
     def fast() -> None:
         fopt.zero_grad(set_to_none=True)

@@ -55,6 +55,12 @@ def _dp_step() -> list[Benchmark]:
     return dp_step.build()
 
 
+def _dp_resnet() -> list[Benchmark]:
+    import dp_resnet
+
+    return dp_resnet.build()
+
+
 def _onnx_forward() -> list[Benchmark]:
     import onnx_forward
 
@@ -69,6 +75,7 @@ BENCHMARKS: dict[str, Callable[[], list[Benchmark]]] = {
     "robustness": _robustness,
     "square_attack": _square_attack,
     "dp_step": _dp_step,
+    "dp_resnet": _dp_resnet,
     "onnx_forward": _onnx_forward,
 }
 

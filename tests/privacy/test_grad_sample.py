@@ -86,7 +86,8 @@ def test_clipped_noised_gradients_equal_opacus_hooks_mode() -> None:
 
 
 def test_modes_are_chosen_and_refused_by_coverage() -> None:
-    assert resolve_mode(small_cnn(num_classes=2, norm="group"), "auto") == "fast"
+    assert resolve_mode(small_cnn(num_classes=2, norm="group"), "auto") == "bk"
+    assert resolve_mode(small_cnn(num_classes=2, norm="group"), "auto", augmult=2) == "fast"
     embed = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(8, 2))
     assert fast_unsupported(embed) == ["0 (Embedding)"]
     assert resolve_mode(embed, "auto") == "hooks"
@@ -117,7 +118,7 @@ def test_detach_leaves_a_plain_module() -> None:
 def test_training_with_opacus_hooks_mode_gives_the_same_model(tiny_dp, dp_runner) -> None:  # type: ignore[no-untyped-def]
     """Same data, sampling and noise: only the per-sample gradient path differs."""
     hooks = dp_runner(grad_sample_mode="hooks")
-    assert hooks.ledger.grad_sample_mode == "hooks" and tiny_dp.ledger.grad_sample_mode == "fast"
+    assert hooks.ledger.grad_sample_mode == "hooks" and tiny_dp.ledger.grad_sample_mode == "bk"
     assert hooks.ledger.epsilon == tiny_dp.ledger.epsilon
     # One step agrees to float rounding (test above); over 6 steps at lr 0.5 the rounding
     # differences of the two formulas grow, so compare the paths against the distance

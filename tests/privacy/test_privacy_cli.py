@@ -161,6 +161,10 @@ def net(num_classes=2):
         (["--batch-size", "500"], "--batch-size 500 exceeds the 96 training examples"),
         (["--secure-mode"], "--secure-mode needs the package 'torchcsprng'"),
         (["--model", "hf:/nowhere"], "DP training rebuilds the network, so --model must be"),
+        (
+            ["--grad-sample-mode", "bk", "--augmult", "2"],
+            "--augmult needs --grad-sample-mode fast or hooks (bk clips each row)",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, extra: list[str], message: str) -> None:

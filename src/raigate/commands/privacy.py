@@ -98,8 +98,8 @@ def train_cmd(
         typer.Option("--batchnorm", help="fold (pretrained) or groupnorm (scratch); auto picks"),
     ] = "auto",
     grad_sample_mode: Annotated[
-        Literal["auto", "fast", "hooks", "ew", "functorch"],
-        typer.Option("--grad-sample-mode", help="per-sample gradient path"),
+        Literal["auto", "bk", "fast", "hooks", "ew", "functorch"],
+        typer.Option("--grad-sample-mode", help="per-sample gradient path (bk: book-keeping)"),
     ] = "auto",
     baseline: Annotated[
         bool,

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from raigate.privacy.bookkeeping import BookKeeping, bookkeeping_optimizer
 from raigate.privacy.canaries import CanaryAudit, audit_canaries, eps_lower_bound
 from raigate.privacy.fold import fold_batchnorm, private_net, replace_batchnorm
 from raigate.privacy.ledger import Ledger, epsilons_for
@@ -34,6 +35,7 @@ from raigate.privacy.sampler import SamplerCheck, check_loader
 from raigate.privacy.train import DPParams, PrivateTraining, run_private_training, train_private
 
 __all__ = [
+    "BookKeeping",
     "CanaryAudit",
     "DPParams",
     "Ledger",
@@ -43,6 +45,7 @@ __all__ = [
     "ReferenceSet",
     "SamplerCheck",
     "audit_canaries",
+    "bookkeeping_optimizer",
     "build_pool",
     "check_loader",
     "eps_lower_bound",

@@ -27,6 +27,7 @@ from raigate.privacy.balance import (
     balance_groups,
     weighted_clip_optimizer,
 )
+from raigate.privacy.bookkeeping import BookKeeping, bookkeeping_optimizer
 from raigate.privacy.calibrate import calibrate
 from raigate.privacy.canaries import CanaryPlan, plan_canaries
 from raigate.privacy.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -391,7 +392,7 @@ class Machinery:
     """Opacus' side of the run, wired as ``make_private`` wires it."""
 
     mode: str
-    engine: FastGradSample | None
+    engine: FastGradSample | BookKeeping | None
     forward: nn.Module
     optimizer: Any  # opacus DPOptimizer (group-weighted under --balance)
     accountant: Any  # opacus IAccountant
@@ -415,7 +416,7 @@ def build_machinery(
     """Per-sample gradients (fastest correct path), the DP optimizer feeding the accountant
     through its step hook, and this process's Poisson sampler; the sampling checks last."""
     net, problems = network.net, network.problems
-    mode = resolve_mode(net, params.grad_sample_mode)
+    mode = resolve_mode(net, params.grad_sample_mode, augmult=params.augmult)
     if params.augmult > 1 and mode == "ew":
         raise ConfigError("--augmult needs --grad-sample-mode fast or hooks (ew fixes the batch)")
     net.to(device).train()
@@ -426,9 +427,9 @@ def build_machinery(
         trainee: nn.Module = DPDDP(net)
     else:
         trainee = net
-    engine: FastGradSample | None = None
-    if mode == "fast":
-        engine = FastGradSample(net)
+    engine: FastGradSample | BookKeeping | None = None
+    if mode in ("fast", "bk"):
+        engine = BookKeeping(net) if mode == "bk" else FastGradSample(net)
         forward: nn.Module = trainee
     else:
         try:
@@ -446,7 +447,11 @@ def build_machinery(
     from opacus.accountants import create_accountant
     from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 
-    opt_cls = weighted_clip_optimizer(DistributedDPOptimizer if world > 1 else DPOptimizer)
+    base = DistributedDPOptimizer if world > 1 else DPOptimizer
+    if isinstance(engine, BookKeeping):  # clips in the engine; honours sample_weights too
+        opt_cls = bookkeeping_optimizer(base, engine)
+    else:
+        opt_cls = weighted_clip_optimizer(base)
     optimizer = opt_cls(
         make_optimizer(params, net, params.lr),
         noise_multiplier=budget.sigma,
