@@ -30,6 +30,7 @@ from raigate.privacy.reference import (
     reference_attack_scores,
     train_reference,
 )
+from raigate.privacy.reference_dp import dp_recipe_from
 from raigate.privacy.sampler import SamplerCheck, check_loader
 from raigate.privacy.train import DPParams, PrivateTraining, run_private_training, train_private
 
@@ -45,6 +46,7 @@ __all__ = [
     "audit_canaries",
     "build_pool",
     "check_loader",
+    "dp_recipe_from",
     "eps_lower_bound",
     "epsilons_for",
     "fold_batchnorm",
