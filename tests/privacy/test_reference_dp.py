@@ -119,6 +119,13 @@ def test_cli_trains_dp_reference_models_and_reuses_them(run_dir: Path, tmp_path:
     bad = CliRunner().invoke(app, [*model, "--reference-recipe-from", str(tmp_path / "a"),
                                    "--out", str(tmp_path / "c")])  # fmt: skip
     assert "no ledger.json" in _one_error_line(bad)
+    folded = tmp_path / "folded"
+    shutil.copytree(run_dir, folded)
+    ledger = json.loads((folded / "ledger.json").read_text())
+    (folded / "ledger.json").write_text(json.dumps({**ledger, "batchnorm": "fold"}))
+    bad = CliRunner().invoke(app, [*model, "--reference-recipe-from", str(folded),
+                                   "--out", str(tmp_path / "d")])  # fmt: skip
+    assert "give --reference-init" in _one_error_line(bad)
 
 
 def test_dp_reference_models_from_pretrained_weights_fold_batchnorm_and_meet_epsilon(

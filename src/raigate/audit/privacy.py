@@ -198,7 +198,14 @@ def _dp_recipe(params: PrivacyParams) -> dict[str, Any] | None:
         return None
     from raigate.privacy.reference_dp import dp_recipe_from
 
-    return dp_recipe_from(params.reference_recipe_from)
+    dp = dp_recipe_from(params.reference_recipe_from)
+    if dp["batchnorm"] == "fold" and params.reference_init is None and params.reference is None:
+        # folding keeps pretrained statistics; a fresh network has none worth keeping
+        raise ConfigError(
+            f"--reference-recipe-from {params.reference_recipe_from}: the run folded BatchNorm "
+            "(pretrained weights); give --reference-init with the weights it started from"
+        )
+    return dp
 
 
 def validate(model: Model, data: Dataset, params: PrivacyParams) -> None:
