@@ -15,16 +15,25 @@ attack: AUC, TPR at FPR 0.1% and 1% with Clopper-Pearson intervals, and the empi
 lower bound (95% jointly over the attacks, Bonferroni); and the CPU seconds per reference
 model.
 
+``--dp``: the audited model is the same ResNet-20 fine-tuned on the members with DP-SGD at
+epsilon 2, delta 1e-5 (BatchNorm folded into the convolutions, as run (b) of
+docs/privacy_real.md; SGD, momentum 0.9, Poisson batches, clipping norm 1), and the reference
+models repeat that DP recipe (``ReferenceRecipe(dp=...)``, what ``--reference-recipe-from``
+builds from a ``raigate privacy train`` folder) from the same pretrained weights. The table
+then also names each reference model's spent epsilon.
+
 Seeded end to end; one thread by default. Prints its table.
 
-    python experiments/lira_real.py [--shared DIR] [--members 1000] [--k 8] [--smoke]
+    python experiments/lira_real.py [--shared DIR] [--members 1000] [--k 8] [--dp] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,14 +41,19 @@ import numpy as np
 import torch
 
 import raigate
+from raigate.data.base import Dataset
+from raigate.models.base import Model
 from raigate.privacy.mia import art_blackbox_scores, model_outputs, score_attack
 from raigate.privacy.reference import (
+    Pool,
     ReferenceRecipe,
     build_pool,
     fit_recipe,
     reference_attack_scores,
     train_reference,
 )
+from raigate.privacy.reference_dp import DP_RECIPE_FIELDS
+from raigate.privacy.train import DPParams, run_private_training
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "weights/akamaster_resnet20-12fca82f.th"
@@ -61,6 +75,48 @@ def stratified(labels: np.ndarray, sizes: list[int], seed: int) -> list[np.ndarr
     return [np.sort(np.concatenate(p)) for p in parts]
 
 
+def dp_target(
+    args: argparse.Namespace, members: Dataset, weights: Path, pool: Pool, out: Path
+) -> tuple[Model, ReferenceRecipe]:
+    """The audited model fine-tuned on the members with DP-SGD (BatchNorm folded), and the
+    reference recipe that repeats it: its DPParams fields, BatchNorm as its ledger says."""
+    params = DPParams(
+        epsilon=args.epsilon,
+        delta=args.delta,
+        epochs=args.epochs,
+        batch_size=args.dp_batch_size,
+        max_grad_norm=1.0,
+        optimizer="sgd",
+        lr=args.lr,
+        momentum=0.9,
+        accountant="prv",
+        batchnorm="fold",
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+    )
+    c0 = time.process_time()
+    # saved to out and reloaded from its spec (run.model), as an audit would load it
+    run = run_private_training(
+        "raigate.zoo:resnet20", members, params, weights=weights, mean=MEAN, std=STD, out_dir=out
+    )
+    model, led = run.model, run.ledger
+    acc = float(
+        (model.logits(pool.x[: pool.n_members]).argmax(1) == pool.y[: pool.n_members])
+        .float()
+        .mean()
+    )
+    print(
+        f"audited model: DP-SGD fine-tuned in {time.process_time() - c0:.0f} CPU s, train "
+        f"accuracy {acc:.4f}; N={led.dataset_size}, q={led.sample_rate:.4f}, steps {led.steps}, "
+        f"sigma {led.noise_multiplier:.4f}, spent epsilon {led.epsilon:.4f} (target "
+        f"{args.epsilon:g}, delta {args.delta:g}), BatchNorm {led.batchnorm}",
+        flush=True,
+    )
+    dp = {k: getattr(params, k) for k in DP_RECIPE_FIELDS}
+    dp["batchnorm"] = led.batchnorm
+    return model, ReferenceRecipe(dp=dp, init=str(weights))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", help="shared data (default RAIGATE_SHARED_DATA or ../shared/data)")
@@ -71,11 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dp", action="store_true", help="DP-SGD target and reference models")
+    ap.add_argument("--epsilon", type=float, default=2.0, help="--dp: target epsilon")
+    ap.add_argument("--delta", type=float, default=1e-5, help="--dp: target delta")
+    ap.add_argument("--dp-batch-size", type=int, default=256, help="--dp: expected batch")
     ap.add_argument("--smoke", action="store_true", help="tiny configuration for development")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smoke:
         args.members, args.k, args.epochs = 100, 2, 1
+        args.dp_batch_size = min(args.dp_batch_size, 32)
     shared = Path(
         args.shared or os.environ.get("RAIGATE_SHARED_DATA") or REPO.parent / "shared/data"
     )
@@ -100,23 +161,27 @@ def main(argv: list[str] | None = None) -> int:
         f"({pool.dropped} population images equal to a target dropped)",
         flush=True,
     )
-    recipe = ReferenceRecipe(
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        optimizer="sgd",
-        momentum=0.9,
-        flip=True,
-        init=str(weights),
-    )
-    c0 = time.process_time()
-    torch.manual_seed(args.seed)
-    acc = fit_recipe(
-        model.net, model.transform, pool.x[: pool.n_members], pool.y[: pool.n_members],
-        recipe, args.seed, "cpu",
-    )  # fmt: skip
-    target_cpu = time.process_time() - c0
-    print(f"audited model: fine-tuned in {target_cpu:.0f} CPU s, train accuracy {acc:.4f}")
+    if args.dp:
+        work = Path(tempfile.mkdtemp(prefix="lira-real-dp-"))  # the DP run's files
+        model, recipe = dp_target(args, members, weights, pool, work)
+    else:
+        recipe = ReferenceRecipe(
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            optimizer="sgd",
+            momentum=0.9,
+            flip=True,
+            init=str(weights),
+        )
+        c0 = time.process_time()
+        torch.manual_seed(args.seed)
+        acc = fit_recipe(
+            model.net, model.transform, pool.x[: pool.n_members], pool.y[: pool.n_members],
+            recipe, args.seed, "cpu",
+        )  # fmt: skip
+        target_cpu = time.process_time() - c0
+        print(f"audited model: fine-tuned in {target_cpu:.0f} CPU s, train accuracy {acc:.4f}")
     refs = train_reference(
         model, pool, k=args.k, fraction=0.5, recipe=recipe, seed=args.seed + 1,
         progress=sys.stderr.isatty(),
@@ -128,6 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{max(cpu):.1f}), train accuracy {ref_acc:.4f}",
         flush=True,
     )
+    if refs.ledgers:
+        eps = [led.epsilon for led in refs.ledgers]
+        sig = [led.noise_multiplier for led in refs.ledgers]
+        print(
+            f"reference models' ledgers: epsilon {min(eps):.4f}-{max(eps):.4f} (target "
+            f"{args.epsilon:g}), sigma {min(sig):.4f}-{max(sig):.4f}, steps "
+            f"{min(led.steps for led in refs.ledgers)}-{max(led.steps for led in refs.ledgers)}",
+            flush=True,
+        )
     mo = model_outputs(model, members, progress=False)
     no = model_outputs(model, non_members, progress=False)
     c0 = time.process_time()
@@ -161,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.reference_models} |"
         )
     print(f"\ntotal {time.process_time() - cpu0:.0f} CPU s ({args.threads} thread(s))")
+    if args.dp:
+        shutil.rmtree(work)
     return 0
 
 

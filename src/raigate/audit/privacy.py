@@ -55,6 +55,7 @@ class PrivacyParams(BaseModel):
         "population": "data",
         "reference": "path",
         "reference_init": "path",
+        "reference_recipe_from": "path",
     }
 
     members: str = Field(description="data spec of the training members, e.g. cifar100:ROOT:train")
@@ -91,6 +92,11 @@ class PrivacyParams(BaseModel):
     reference_flip: bool = Field(False, description="random horizontal flips in training")
     reference_init: str | None = Field(
         None, description="pretrained weights the audited model was fine-tuned from"
+    )
+    reference_recipe_from: str | None = Field(
+        None,
+        description="a `raigate privacy train` output folder: reference models repeat its "
+        "DP-SGD recipe (raigate.privacy.reference_dp) instead of the plain reference_* one",
     )
     queries: Literal[1, 2] = Field(2, description="1: the image; 2: the image and its mirror")
     lira_variance: Literal["auto", "global", "per_example"] = "auto"
@@ -182,7 +188,24 @@ def _population(model: Model, params: PrivacyParams, task: str | None) -> Datase
     align_classes(model.class_names, population.class_names, params.label_map)
     if params.reference is not None and not (Path(params.reference) / "reference.json").is_file():
         raise ConfigError(f"--reference {params.reference}: no reference.json there")
+    _dp_recipe(params)
     return population
+
+
+def _dp_recipe(params: PrivacyParams) -> dict[str, Any] | None:
+    """The DP recipe of ``reference_recipe_from`` (checked), or ``None`` without it."""
+    if params.reference_recipe_from is None:
+        return None
+    from raigate.privacy.reference_dp import dp_recipe_from
+
+    dp = dp_recipe_from(params.reference_recipe_from)
+    if dp["batchnorm"] == "fold" and params.reference_init is None and params.reference is None:
+        # folding keeps pretrained statistics; a fresh network has none worth keeping
+        raise ConfigError(
+            f"--reference-recipe-from {params.reference_recipe_from}: the run folded BatchNorm "
+            "(pretrained weights); give --reference-init with the weights it started from"
+        )
+    return dp
 
 
 def validate(model: Model, data: Dataset, params: PrivacyParams) -> None:
@@ -217,8 +240,9 @@ def _reference_scores(
     population = _population(model, params, params.task or members.task)
     assert population is not None
     pool = build_pool(model, members, non_members, population, label_map=params.label_map)
+    dp = _dp_recipe(params)
     if params.reference is not None:
-        refs = load_reference(params.reference, model, pool)
+        refs = load_reference(params.reference, model, pool, dp=dp)
     else:
         recipe = ReferenceRecipe(
             epochs=params.reference_epochs,
@@ -228,6 +252,7 @@ def _reference_scores(
             weight_decay=params.reference_weight_decay,
             flip=params.reference_flip,
             init=params.reference_init,
+            dp=dp,
         )
         refs = train_reference(
             model,
@@ -266,7 +291,18 @@ def _reference_scores(
         "train_accuracy_mean": float(
             np.mean([m["train_accuracy"] for m in refs.manifest["models"]])
         ),
+        "recipe_from": params.reference_recipe_from,
     }
+    ledgers = [m["ledger"] for m in refs.manifest["models"] if m.get("ledger")]
+    if ledgers:
+        info["dp"] = {
+            "epsilon_max": max(led["epsilon"] for led in ledgers),
+            "target_epsilon": ledgers[0]["target_epsilon"],
+            "noise_multiplier": [led["noise_multiplier"] for led in ledgers],
+            "sample_rate": [led["sample_rate"] for led in ledgers],
+            "steps": [led["steps"] for led in ledgers],
+            "dataset_size": [led["dataset_size"] for led in ledgers],
+        }
     return split, info
 
 

@@ -361,6 +361,15 @@ def audit_cmd(
             "initialization from its factory)",
         ),
     ] = None,
+    reference_recipe_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference-recipe-from",
+            help="a `raigate privacy train --out` folder: train the reference models with its "
+            "DP-SGD recipe (same batch size, epochs, target epsilon; q and noise recalibrated "
+            "to the reference set size) instead of the --reference-* options",
+        ),
+    ] = None,
     queries: Annotated[
         int, typer.Option("--queries", help="1: the image; 2: the image and its mirror")
     ] = 2,
@@ -430,6 +439,7 @@ def audit_cmd(
         reference_weight_decay=reference_weight_decay,
         reference_flip=reference_flip,
         reference_init=str(reference_init) if reference_init else None,
+        reference_recipe_from=str(reference_recipe_from) if reference_recipe_from else None,
         queries=queries,
         lira_variance=lira_variance,
         rmia_mode=rmia_mode,
@@ -468,6 +478,16 @@ def audit_cmd(
             + (f" ({ref['population_dropped_as_targets']} equal to a target dropped)"
                if ref["population_dropped_as_targets"] else "")
         )  # fmt: skip
+        if ref.get("dp"):
+            dp = ref["dp"]
+            typer.echo(
+                "reference models trained with DP-SGD"
+                + (f" (recipe of {ref['recipe_from']})" if ref.get("recipe_from") else "")
+                + f": spent epsilon at most {dp['epsilon_max']:.4f} (target "
+                f"{dp['target_epsilon']:g}), N={min(dp['dataset_size'])}-"
+                f"{max(dp['dataset_size'])}, steps {min(dp['steps'])}-{max(dp['steps'])}, sigma "
+                f"{min(dp['noise_multiplier']):.4f}-{max(dp['noise_multiplier']):.4f}"
+            )
     typer.echo(
         format_table(
             [_ci_row(r) for r in m["attacks"]],
@@ -533,6 +553,8 @@ def check_sampler_cmd(
     typer.echo(report.message)
     if not report.ok:
         raise GateFailed("the sampler's draws are not the Poisson sampling the accountant charges")
+
+
 def _ci_row(r: dict[str, Any]) -> dict[str, Any]:
     """One attack's table row: TPRs with their Clopper-Pearson intervals."""
 

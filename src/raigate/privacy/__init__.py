@@ -31,6 +31,7 @@ from raigate.privacy.reference import (
     reference_attack_scores,
     train_reference,
 )
+from raigate.privacy.reference_dp import dp_recipe_from
 from raigate.privacy.sampler import SamplerCheck, check_loader
 from raigate.privacy.train import DPParams, PrivateTraining, run_private_training, train_private
 
@@ -48,6 +49,7 @@ __all__ = [
     "bookkeeping_optimizer",
     "build_pool",
     "check_loader",
+    "dp_recipe_from",
     "eps_lower_bound",
     "epsilons_for",
     "fold_batchnorm",

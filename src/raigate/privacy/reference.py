@@ -15,6 +15,10 @@ factory and kwargs (seeded per model), or, with ``init`` (the pretrained weights
 model was fine-tuned from), those weights. It never starts from the audited model's own
 weights, which have seen the members.
 
+The recipe is plain minibatch training (:func:`fit_recipe`), or, with ``recipe.dp``, DP-SGD
+with the audited run's settings (:mod:`raigate.privacy.reference_dp`): a DP-trained model is
+attacked with reference models trained as privately as it was, each with its own ledger.
+
 ``OUT/reference/`` holds ``ref_000.safetensors`` ... and ``reference.json``: the manifest
 digests of the members, non-members and population, the population positions kept, which
 pool positions each model trained on, the recipe and the seeds. A later audit passes the
@@ -28,20 +32,21 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
 from raigate.models.base import Model
+from raigate.privacy.reference_dp import ledger_summary, train_dp_model
 from raigate.values import Fraction
 
 MANIFEST = "reference.json"
@@ -59,6 +64,7 @@ __all__ = [
     "load_reference",
     "query_outputs",
     "reference_attack_scores",
+    "train_accuracy",
     "train_reference",
 ]
 
@@ -76,6 +82,19 @@ class ReferenceRecipe(BaseModel):
     weight_decay: Fraction = Field(0.0, ge=0)
     flip: bool = Field(False, description="random horizontal flips while training")
     init: str | None = Field(None, description="weights file to fine-tune from (pretrained)")
+    dp: dict[str, Any] | None = Field(
+        None,
+        description="DP-SGD settings (raigate.privacy.reference_dp.DP_RECIPE_FIELDS): each model "
+        "is trained by run_private_training with them instead of the plain loop, and the "
+        "fields above but init are unused",
+    )
+
+    @field_validator("dp")
+    @classmethod
+    def _dp_fields(cls, dp: dict[str, Any] | None) -> dict[str, Any] | None:
+        from raigate.privacy.reference_dp import check_dp_recipe
+
+        return None if dp is None else check_dp_recipe(dp)
 
 
 class _ModelEntry(BaseModel):
@@ -87,6 +106,7 @@ class _ModelEntry(BaseModel):
     train_accuracy: float
     cpu_seconds: float
     seconds: float
+    ledger: dict[str, Any] | None = None  # DP recipe: the model's spent budget
 
 
 class _Manifest(BaseModel):
@@ -191,7 +211,9 @@ def in_out_split(k: int, n: int, seed: int, fraction: float = 0.5) -> np.ndarray
 
 def _fresh_net(model: Model, recipe: ReferenceRecipe) -> nn.Module:
     """The audited architecture at a fresh initialization (from its factory when the model
-    names one, else by each layer's ``reset_parameters``), or at ``recipe.init``."""
+    names one, else by each layer's ``reset_parameters``), or at ``recipe.init``. With a DP
+    recipe and a model saved by ``raigate privacy train``, the network before its BatchNorm
+    was folded or replaced."""
     from raigate.models.factories import build_network
     from raigate.models.loaders import ModelSpecFile
     from raigate.models.weights import apply_state_dict, load_state_dict_file
@@ -199,9 +221,15 @@ def _fresh_net(model: Model, recipe: ReferenceRecipe) -> nn.Module:
     if model.source == "factory":
         net = build_network(model.spec, num_classes=model.num_classes, trust_code=True)
     elif model.source == "json":
+        from raigate.privacy.artifacts import SPEC_FACTORY
+
         doc = ModelSpecFile.model_validate_json(Path(model.spec).read_text(encoding="utf-8"))
+        factory, kwargs = doc.factory, dict(doc.kwargs)
+        if recipe.dp is not None and factory == SPEC_FACTORY:
+            # a DP run's own spec: start before its BatchNorm change (DP-SGD training redoes it)
+            factory, kwargs = kwargs["base"], dict(kwargs.get("base_kwargs") or {})
         net = build_network(
-            doc.factory, kwargs=doc.kwargs, num_classes=model.num_classes, trust_code=True
+            factory, kwargs=kwargs, num_classes=model.num_classes, trust_code=True
         )  # the audited model was built from this factory, so it passed the trust rules
     else:
         net = copy.deepcopy(model.net)
@@ -255,12 +283,20 @@ def fit_recipe(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    net.eval()
-    with torch.no_grad():
-        right = sum(
-            int((net(transform(x[i : i + 512].to(device))).argmax(1).cpu() == y[i : i + 512]).sum())
-            for i in range(0, len(y), 512)
-        )
+    return train_accuracy(net, transform, x, y, device)
+
+
+@torch.no_grad()
+def train_accuracy(
+    net: nn.Module, transform: nn.Module, x: Tensor, y: Tensor, device: str
+) -> float:
+    """Accuracy of ``net`` (eval mode) on pixels ``x`` through ``transform``."""
+    net.to(device).eval()
+    transform = transform.to(device)
+    right = sum(
+        int((net(transform(x[i : i + 512].to(device))).argmax(1).cpu() == y[i : i + 512]).sum())
+        for i in range(0, len(y), 512)
+    )
     return right / max(len(y), 1)
 
 
@@ -274,6 +310,8 @@ class ReferenceSet:
     manifest: dict[str, Any]
     directory: Path | None
     reused: bool
+    ledgers: list[Any] = field(default_factory=list)
+    """DP recipe, freshly trained: each model's :class:`~raigate.privacy.ledger.Ledger`."""
 
     @property
     def cpu_seconds(self) -> list[float]:
@@ -294,7 +332,8 @@ def train_reference(
 ) -> ReferenceSet:
     """Train ``k`` reference models on random halves of ``pool`` (``fraction``: another
     share, to match the audited model's training-set size); with ``out_dir``, save them and
-    ``reference.json`` there (see the module docstring)."""
+    ``reference.json`` there (see the module docstring). With ``recipe.dp``, each model is a
+    DP-SGD run (:mod:`raigate.privacy.reference_dp`) whose ledger is returned and recorded."""
     from raigate._io import sha256_file, write_atomic
     from raigate.models.base import require_white_box
     from raigate.models.weights import save_safetensors
@@ -313,13 +352,21 @@ def train_reference(
         out.mkdir(parents=True, exist_ok=True)
     nets: list[nn.Module] = []
     entries: list[dict[str, Any]] = []
+    ledgers: list[Any] = []
     for i in tqdm(range(k), desc="reference models", disable=not progress):
         s = int(np.random.default_rng([seed, 0x2EF, i]).integers(2**31))
         torch.manual_seed(s)
         net = _fresh_net(model, recipe)
         rows = np.flatnonzero(mask[i])
         t0, c0 = time.perf_counter(), time.process_time()
-        acc = fit_recipe(net, model.transform, pool.x[rows], pool.y[rows], recipe, s, device)
+        x, y = pool.x[rows], pool.y[rows]
+        ledger = None
+        if recipe.dp is not None:
+            net, ledger = _train_dp(net, model, x, y, recipe, s, device, i)
+            acc = train_accuracy(net, model.transform, x, y, device)
+            ledgers.append(ledger)
+        else:
+            acc = fit_recipe(net, model.transform, x, y, recipe, s, device)
         entry = {
             "file": f"ref_{i:03d}.safetensors",
             "sha256": "",
@@ -328,6 +375,7 @@ def train_reference(
             "train_accuracy": acc,
             "cpu_seconds": round(time.process_time() - c0, 3),
             "seconds": round(time.perf_counter() - t0, 3),
+            "ledger": None if ledger is None else ledger_summary(ledger),
         }
         if out is not None:
             entry["sha256"] = sha256_file(save_safetensors(net, out / entry["file"]))
@@ -347,15 +395,43 @@ def train_reference(
     ).model_dump()
     if out is not None:
         write_atomic(out / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1) + "\n")
-    return ReferenceSet(nets=nets, in_mask=mask, manifest=manifest, directory=out, reused=False)
+    return ReferenceSet(
+        nets=nets, in_mask=mask, manifest=manifest, directory=out, reused=False, ledgers=ledgers
+    )
 
 
-def load_reference(directory: str | Path, model: Model, pool: Pool) -> ReferenceSet:
+def _train_dp(
+    net: nn.Module,
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    recipe: ReferenceRecipe,
+    seed: int,
+    device: str,
+    i: int,
+) -> tuple[nn.Module, Any]:
+    """One DP reference model; ``batchnorm: auto`` resolved as ``privacy train`` would for
+    the audited run (fold with pretrained ``init``, else GroupNorm), since the bare network
+    handed over does not say whether it is pretrained."""
+    assert recipe.dp is not None
+    dp = dict(recipe.dp)
+    if dp["batchnorm"] == "auto":
+        dp["batchnorm"] = "fold" if recipe.init is not None else "groupnorm"
+    return train_dp_model(net, model, x, y, dp, seed=seed, device=device, name=f"ref_{i:03d}")
+
+
+def load_reference(
+    directory: str | Path, model: Model, pool: Pool, *, dp: dict[str, Any] | None = None
+) -> ReferenceSet:
     """Reload saved reference models after checking that they were trained on this pool:
     the same members, non-members and population (manifest digests) and weights files that
-    still hash to what the manifest says."""
+    still hash to what the manifest says; with ``dp`` (the DP recipe the caller expects, e.g.
+    from ``--reference-recipe-from``), that the models were trained with it. DP reference
+    models are rebuilt with the BatchNorm change their ledgers record."""
     from raigate._io import sha256_file
     from raigate.models.weights import apply_state_dict, load_state_dict_file
+    from raigate.privacy.fold import rebuild
+    from raigate.privacy.reference_dp import check_dp_recipe
 
     d = Path(directory)
     path = d / MANIFEST
@@ -380,6 +456,12 @@ def load_reference(directory: str | Path, model: Model, pool: Pool) -> Reference
         raise ConfigError(f"--reference {d}: its pool differs from this audit's; retrain")
     if len(doc.models) < 2:
         raise ConfigError(f"--reference {d}: needs at least 2 reference models")
+    if dp is not None and doc.recipe.dp != check_dp_recipe(dp):
+        how = "without DP" if doc.recipe.dp is None else f"with DP recipe {doc.recipe.dp}"
+        raise ConfigError(
+            f"--reference {d}: its models were trained {how}, not with the DP recipe asked "
+            "for; retrain without --reference"
+        )
     nets = []
     mask = np.zeros((len(doc.models), doc.pool_size), dtype=bool)
     for i, entry in enumerate(doc.models):
@@ -387,6 +469,8 @@ def load_reference(directory: str | Path, model: Model, pool: Pool) -> Reference
         if not f.is_file() or sha256_file(f) != entry.sha256:
             raise ConfigError(f"--reference {d}: {entry.file} is missing or changed since training")
         net = _fresh_net(model, doc.recipe.model_copy(update={"init": None}))
+        if entry.ledger is not None:  # trained by DP-SGD, after this BatchNorm change
+            net, _ = rebuild(net.eval(), entry.ledger["batchnorm"])
         apply_state_dict(net, load_state_dict_file(f), source=f)
         nets.append(net.eval())
         mask[i, entry.in_pool] = True
