@@ -24,7 +24,6 @@ every allocation of the step: activations, per-sample buffers, allocator slack.
 from __future__ import annotations
 
 import multiprocessing as mp
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -55,74 +54,14 @@ def make_net(norm: str, seed: int = 0) -> nn.Module:
 
 
 def step_fn(label: str, norm: str, batch: int, seed: int = 0) -> Callable[[], None]:
-    """A closure doing one training step of ``label`` on a fixed model and batch."""
-    from opacus.grad_sample.utils import prepare_module
-    from opacus.optimizers import DPOptimizer
-    from opacus.optimizers.optimizer_fast_gradient_clipping import (
-        DPOptimizerFastGradientClipping,
-    )
-    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+    """A closure doing one training step of ``label`` on a fixed model and batch (the step
+    code is ``dp_step.dp_case``, shared with the small-CNN bench)."""
+    from dp_step import dp_case
 
-    from raigate.privacy.bookkeeping import BookKeeping, bookkeeping_optimizer
-    from raigate.privacy.grad_sample import FastGradSample
-
-    warnings.filterwarnings("ignore")
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, 3, 32, 32, generator=gen)
     y = torch.randint(0, 10, (batch,), generator=gen)
-    net = make_net(norm, seed)
-    crit = nn.CrossEntropyLoss()
-    dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "expected_batch_size": batch}
-    sgd = torch.optim.SGD(net.parameters(), lr=0.1)
-    if label == "non-private SGD":
-
-        def plain() -> None:
-            sgd.zero_grad(set_to_none=True)
-            crit(net(x), y).backward()
-            sgd.step()
-
-        return plain
-    if label == "opacus ghost":
-        gsm = prepare_module(
-            net,
-            grad_sample_mode="ghost",
-            batch_first=True,
-            loss_reduction="mean",
-            max_grad_norm=1.0,
-        )
-        gopt = DPOptimizerFastGradientClipping(sgd, **dp)
-        gcrit = DPLossFastGradientClipping(gsm, gopt, nn.CrossEntropyLoss(), "mean")
-
-        def ghost() -> None:
-            gopt.zero_grad(set_to_none=True)
-            gcrit(gsm(x), y).backward()
-            gopt.step()
-
-        return ghost
-    if label == "opacus hooks":
-        module = prepare_module(net, grad_sample_mode="hooks", batch_first=True)
-        hopt = DPOptimizer(sgd, **dp)
-
-        def hooks() -> None:
-            hopt.zero_grad(set_to_none=True)
-            crit(module(x), y).backward()
-            hopt.step()
-
-        return hooks
-    engine: BookKeeping | FastGradSample
-    if label.startswith("raigate bk"):
-        engine = BookKeeping(net)
-        opt = bookkeeping_optimizer(DPOptimizer, engine)(sgd, **dp)
-    else:
-        engine = FastGradSample(net)
-        opt = DPOptimizer(sgd, **dp)
-
-    def ours() -> None:
-        opt.zero_grad(set_to_none=True)
-        crit(engine.forward(net, x), y).backward()
-        opt.step()
-
-    return ours
+    return dp_case(label, make_net(norm, seed), x, y)
 
 
 def _peak_growth(label: str, norm: str, batch: int, queue: mp.Queue) -> None:  # type: ignore[type-arg]

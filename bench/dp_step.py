@@ -42,6 +42,17 @@ CASES = (
 
 def _step_fn(label: str, seed: int = 0) -> Callable[[], None]:
     """A closure doing one training step of ``label`` on a fixed model and batch."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(BATCH, 3, 32, 32, generator=gen)
+    y = torch.randint(0, 10, (BATCH,), generator=gen)
+    torch.manual_seed(seed)
+    return dp_case(label, small_cnn(num_classes=10, norm="group"), x, y)
+
+
+def dp_case(label: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One training step of ``label`` (a name in :data:`CASES`) on ``net`` and the batch
+    ``(x, y)``: SGD at lr 0.1; the DP cases clip to C=1 and add noise with sigma=1. Shared
+    with ``bench/dp_resnet.py``, so both benches time the same step code."""
     from opacus.grad_sample.utils import prepare_module
     from opacus.optimizers import DPOptimizer
     from opacus.optimizers.optimizer_fast_gradient_clipping import (
@@ -53,13 +64,8 @@ def _step_fn(label: str, seed: int = 0) -> Callable[[], None]:
     from raigate.privacy.grad_sample import FastGradSample
 
     warnings.filterwarnings("ignore")
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(BATCH, 3, 32, 32, generator=gen)
-    y = torch.randint(0, 10, (BATCH,), generator=gen)
-    torch.manual_seed(seed)
-    net = small_cnn(num_classes=10, norm="group")
     crit = nn.CrossEntropyLoss()
-    dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "expected_batch_size": BATCH}
+    dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "expected_batch_size": len(y)}
     if label == "non-private SGD":
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
 
@@ -100,7 +106,7 @@ def _step_fn(label: str, seed: int = 0) -> Callable[[], None]:
 
         return opacus_step
     engine: FastGradSample | BookKeeping
-    if label == "raigate bk (auto)":
+    if label.startswith("raigate bk"):
         engine = BookKeeping(net)
         fopt = bookkeeping_optimizer(DPOptimizer, engine)(
             torch.optim.SGD(net.parameters(), lr=0.1), **dp
