@@ -288,10 +288,13 @@ PreprocessOpt = Annotated[
     str | None,
     typer.Option(
         "--preprocess",
-        help="the deployed preprocessing, key=value,...: resize=H,W|N, resize_mode=exact|"
-        "shorter, interpolation=nearest|bilinear|bicubic|area, crop=H,W|N, "
-        "channel_order=rgb|bgr, value_scale=1|255, layout=nchw|nhwc (e.g. resize=256,"
-        "resize_mode=shorter,crop=224); mean/std keep their own options",
+        # no long unbreakable tokens: help text cannot wrap them, and at 80 columns they
+        # squeeze the option-name column until names are cut off
+        help="the deployed preprocessing as key=value pairs joined by commas. Keys: resize "
+        "(H,W or N), resize_mode (exact or shorter), interpolation (nearest, bilinear, "
+        "bicubic or area), crop (H,W or N), channel_order (rgb or bgr), value_scale (1 or "
+        "255), layout (nchw or nhwc). Example: resize=256,crop=224 (mean and std keep their "
+        "own options)",
     ),
 ]
 OutputsOpt = Annotated[
