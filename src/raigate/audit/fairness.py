@@ -188,11 +188,7 @@ def resolve_groups(
                 f"{data.spec} has none of the default sensitive attributes race, gender, age; "
                 f"pass --sensitive with some of its attribute columns {available}"
             )
-    bad = [c for c in sensitive if c not in available]
-    if bad:
-        raise ConfigError(
-            f"--sensitive: unknown column(s) {bad}; {data.spec} has attribute columns {available}"
-        )
+    data.require_attribute_columns(sensitive, "--sensitive")
     if intersections is None:
         intersections = [["race", "gender"]] if {"race", "gender"} <= set(available) else []
     out: list[tuple[str, ...]] = [(c,) for c in dict.fromkeys(sensitive)]
@@ -203,12 +199,7 @@ def resolve_groups(
                 f"--intersections: {'+'.join(combo)!r} must join two or more different columns "
                 "with '+', e.g. race+gender"
             )
-        bad = [c for c in cols if c not in available]
-        if bad:
-            raise ConfigError(
-                f"--intersections: unknown column(s) {bad} in {'+'.join(cols)}; {data.spec} has "
-                f"attribute columns {available}"
-            )
+        data.require_attribute_columns(cols, "--intersections", f" in {'+'.join(cols)}")
         if cols not in out:
             out.append(cols)
     return out

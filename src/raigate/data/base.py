@@ -156,6 +156,19 @@ class Dataset(torch.utils.data.Dataset):
         """Columns that can name groups (every attribute but file names, NOT_ATTRIBUTES)."""
         return [str(c) for c in self._all_attributes.columns if str(c) not in NOT_ATTRIBUTES]
 
+    def require_attribute_columns(
+        self, columns: Sequence[str], option: str, where: str = ""
+    ) -> None:
+        """A one-line ConfigError naming ``option`` (and ``where``, e.g. " in race+gender")
+        when some of ``columns`` are not attribute columns of this dataset."""
+        available = self.attribute_columns
+        bad = [c for c in columns if c not in available]
+        if bad:
+            raise ConfigError(
+                f"{option}: unknown column(s) {bad}{where}; {self.spec} has attribute columns "
+                f"{available}"
+            )
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the images this dataset yields."""

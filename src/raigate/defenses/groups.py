@@ -41,22 +41,20 @@ __all__ = [
 ]
 
 
-def parse_attribute(attribute: str | list[str] | tuple[str, ...], data: Dataset) -> tuple[str, ...]:
+def parse_attribute(
+    attribute: str | list[str] | tuple[str, ...], data: Dataset, option: str = "--attribute"
+) -> tuple[str, ...]:
     """``"race"`` or ``"race+gender"`` as a tuple of attribute columns of ``data``; an unknown
-    column is a ConfigError naming the columns the data has."""
+    column is a ConfigError naming ``option`` and the columns the data has."""
     parts = attribute.split("+") if isinstance(attribute, str) else list(attribute)
     cols = tuple(c.strip() for c in parts if c.strip())
     available = data.attribute_columns
     if not cols or len(set(cols)) != len(cols):
         raise ConfigError(
-            f"--attribute {'+'.join(parts)!r}: name one column or join different columns with "
+            f"{option} {'+'.join(parts)!r}: name one column or join different columns with "
             f"'+', e.g. race or race+gender; {data.spec} has attribute columns {available}"
         )
-    bad = [c for c in cols if c not in available]
-    if bad:
-        raise ConfigError(
-            f"--attribute: unknown column(s) {bad}; {data.spec} has attribute columns {available}"
-        )
+    data.require_attribute_columns(cols, option)
     return cols
 
 
@@ -93,10 +91,12 @@ def groups_of(
     *,
     by_label: bool = False,
     class_names: tuple[str, ...] | None = None,
+    option: str = "--attribute",
 ) -> Groups:
     """The groups of ``data`` by ``attribute`` (with ``by_label``: split by the label, named
-    ``value|label`` with ``class_names`` for the label names, default the data's)."""
-    columns = parse_attribute(attribute, data)
+    ``value|label`` with ``class_names`` for the label names, default the data's); errors
+    name ``option``, the option the attribute came from."""
+    columns = parse_attribute(attribute, data, option)
     keys = group_keys(data.attributes, columns)
     if by_label:
         names = np.asarray(class_names or data.class_names, dtype=object)

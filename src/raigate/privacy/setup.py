@@ -358,7 +358,7 @@ def _balance(
         return None, None
     from raigate.defenses.groups import groups_of
 
-    groups = groups_of(td.data, params.balance)
+    groups = groups_of(td.data, params.balance, option="--balance")
     released = None
     if resume_dir is not None:  # the counts were released once, at the start: reuse them
         saved_balance = load_checkpoint(resume_dir / CHECKPOINT_NAME)["config"].get("balance")
