@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -58,39 +58,68 @@ def print_warnings() -> Iterator[None]:
 def handle_errors(fn: F) -> F:
     """Map the exception tree to exit codes with a one-line message, never a traceback for
     user mistakes, and print raigate's warnings as one line each (:func:`print_warnings`).
-    Works under ``typer.testing.CliRunner`` too (it raises ``typer.Exit``)."""
+    Works under ``typer.testing.CliRunner`` too (it raises ``typer.Exit``). Under
+    ``raigate audit --nproc`` each worker also reports its exit code and message to the
+    launcher (:func:`report_to_launcher`), and only rank 0 prints errors itself."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             with print_warnings():
-                return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
+                value = fn(*args, **kwargs)
+        except typer.Exit as exc:
+            report_to_launcher(int(exc.exit_code or 0), "")
+            raise
+        except typer.Abort:
             raise
         except GateFailed as exc:
-            echo_error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
+            _fail(exc.exit_code, str(exc))
         except RaigateError as exc:
-            echo_error(one_line(exc))
-            raise typer.Exit(exc.exit_code) from None
+            _fail(exc.exit_code, one_line(exc))
         except BrokenPipeError:
             # the reader (e.g. `| head`) went away: no error message, shell-style exit code
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
             raise typer.Exit(141) from None
         except KeyboardInterrupt:
-            echo_error("interrupted; nothing was written for the unfinished step")
-            raise typer.Exit(130) from None
+            _fail(130, "interrupted; nothing was written for the unfinished step")
         except Exception as exc:
             if os.environ.get("RAIGATE_DEBUG"):
                 raise
             first = str(exc).splitlines()[0] if str(exc) else ""
-            echo_error(
+            _fail(
+                3,
                 f"internal error: {type(exc).__name__}: {first}"
-                " (a bug in raigate: rerun with RAIGATE_DEBUG=1 and report the traceback)"
+                " (a bug in raigate: rerun with RAIGATE_DEBUG=1 and report the traceback)",
             )
-            raise typer.Exit(3) from None
+        report_to_launcher(0, "")
+        return value
 
     return wrapper  # type: ignore[return-value]
+
+
+LAUNCH_STATUS = "RAIGATE_LAUNCH_STATUS"
+"""Set by ``raigate audit --nproc``: the folder where each worker leaves its exit status."""
+
+
+def report_to_launcher(code: int, message: str) -> None:
+    """Under ``--nproc``: leave this rank's exit code and message for the launcher, which
+    prints the first failing rank's message once and exits with its code (torchrun itself
+    only knows that some worker failed)."""
+    folder = os.environ.get(LAUNCH_STATUS)
+    if not folder:
+        return
+    rank = os.environ.get("RANK", "0")
+    with contextlib.suppress(OSError):
+        Path(folder, f"rank{rank}.json").write_text(json.dumps({"code": code, "message": message}))
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    """Print ``message`` (rank 0 only under ``--nproc``; the launcher prints another rank's)
+    and exit with ``code``."""
+    if not os.environ.get(LAUNCH_STATUS) or os.environ.get("RANK", "0") == "0":
+        echo_error(message)
+    report_to_launcher(code, message)
+    raise typer.Exit(code) from None
 
 
 def one_line(exc: BaseException) -> str:

@@ -41,6 +41,8 @@ def collect_environment(device: str = "cpu") -> dict[str, Any]:
     """A JSON-safe description of the software and hardware a result was computed on."""
     import torch
 
+    from raigate.parallel import current
+
     return {
         "raigate": __version__,
         "python": sys.version.split()[0],
@@ -48,5 +50,6 @@ def collect_environment(device: str = "cpu") -> dict[str, Any]:
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "cuda_available": bool(torch.cuda.is_available()),
+        "distributed": current().describe(),  # torchrun: world size, backend, devices
         "packages": package_versions(),
     }

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from raigate._io import write_atomic
 from raigate.errors import DataError
+from raigate.reports.bundle import PROGRESS  # the bundle's layout owns the folder's name
 
 if TYPE_CHECKING:
     from raigate.data.base import Dataset
@@ -60,7 +61,8 @@ __all__ = [
     "check_scope",
     "current",
     "item_seed",
-    "launch_command",
+    "launch",
+    "launch_args",
     "map_batches",
     "map_positions",
     "pack",
@@ -70,8 +72,6 @@ __all__ = [
     "unpack",
 ]
 
-PROGRESS = ".progress"
-"""The folder, inside an audit's ``--out``, that holds per-batch progress until it ends."""
 
 Arrays = dict[str, np.ndarray]
 
@@ -175,21 +175,63 @@ def start(device: str = "cpu") -> tuple[World, str]:
     return _WORLD, device
 
 
-def launch_command(nproc: int, argv: list[str]) -> list[str]:
-    """The ``torchrun`` command that runs ``raigate ARGV`` in ``nproc`` local processes:
-    ``python -m torch.distributed.run --standalone --nproc-per-node N -m raigate ARGV``."""
-    import sys
+def launch(nproc: int, argv: list[str], *, threads: int | None = None) -> tuple[int, str]:
+    """Run ``raigate ARGV`` in ``nproc`` local processes with torchrun (its own code path,
+    ``torchrun --standalone --nproc-per-node N -m raigate ARGV``) and return the exit code
+    and the error message of the run: rank 0's when it failed, else the first failing
+    rank's, which the workers leave in a scratch folder (torchrun itself only reports that
+    some worker failed). Each worker gets ``threads`` intra-op threads (default: the
+    machine's cores divided among the processes)."""
+    import json
+    import logging
+    import tempfile
 
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "raigate",
-        *argv,
-    ]
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    from raigate.cli_common import LAUNCH_STATUS
+
+    per = threads or max(1, (os.cpu_count() or 1) // nproc)
+    with tempfile.TemporaryDirectory(prefix="raigate-launch-") as status:
+        env = {LAUNCH_STATUS: status, "OMP_NUM_THREADS": str(per)}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        quiet = logging.getLogger("torch.distributed")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)  # the workers speak for themselves
+        try:
+            run(parse_args(launch_args(nproc, argv)))
+        except ChildFailedError:
+            pass
+        finally:
+            quiet.setLevel(level)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        found = {}
+        for path in Path(status).glob("rank*.json"):
+            with contextlib.suppress(ValueError, OSError):
+                found[int(path.stem[4:])] = json.loads(path.read_text())
+    first = found.get(0)
+    if first is not None and first.get("code"):
+        return int(first["code"]), ""  # rank 0 printed its own message
+    for rank in sorted(found):
+        if found[rank].get("code"):
+            return int(found[rank]["code"]), str(found[rank].get("message", ""))
+    if len(found) < nproc:
+        missing = sorted(set(range(nproc)) - set(found))
+        return 3, (
+            f"worker process(es) {missing} of {nproc} died without a result (killed, or out "
+            "of memory); see the output above"
+        )
+    return 0, ""
+
+
+def launch_args(nproc: int, argv: list[str]) -> list[str]:
+    """torchrun's arguments for ``raigate ARGV`` in ``nproc`` processes on this machine."""
+    return ["--standalone", f"--nproc-per-node={nproc}", "-m", "raigate", *argv]
 
 
 # -- seeds ----------------------------------------------------------------------------------
@@ -262,7 +304,7 @@ class _Scope:
     progress: Path | None = None  # OUT/.progress; None: no progress kept (library calls)
     fingerprint: str = ""
     check: str = ""
-    stages: set[str] = field(default_factory=set)
+    stages: set[str] = field(default_factory=set)  # in the order every rank runs them
     reused: dict[str, int] = field(default_factory=dict)  # stage -> batches loaded
 
 
@@ -307,8 +349,10 @@ class _Store:
 
     def __init__(self, scope: _Scope, stage: str) -> None:
         assert scope.progress is not None
-        if stage in scope.stages:  # two loops of one check must not share files
-            raise RuntimeError(f"stage {stage!r} used twice in check {scope.check!r}")
+        base, k = stage, 1
+        while stage in scope.stages:  # a second loop of one check gets its own files
+            k += 1
+            stage = f"{base}-{k}"
         scope.stages.add(stage)
         self.folder = scope.progress / (scope.check or "_") / stage
         self.fingerprint = scope.fingerprint

@@ -416,6 +416,7 @@ def test_a_failed_run_leaves_nothing_of_the_previous_report(
     assert res.exit_code == 2 and "boom.csv" in res.output, res.output
     left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert left == [
+        ".progress/evaluate/evaluate/b000000.npz",  # what `audit --resume` would reuse
         "checks/boom/partial.csv",
         "checks/evaluate/predictions.csv",
         "checks/evaluate/result.json",

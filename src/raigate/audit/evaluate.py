@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 
 from raigate._io import write_atomic
 from raigate.data.base import Dataset
@@ -98,9 +97,9 @@ def predict(
     """Model class indices and the softmax probability of the predicted class for every
     sample, in order. A post-processed model (``model.postprocess``) predicts from the
     logits and each sample's attributes (rows indexed by position) instead of the argmax."""
+    from raigate.parallel import map_batches
+
     model.to(device)
-    preds = np.empty(len(data), dtype=np.int64)
-    conf = np.empty(len(data), dtype=np.float32)
     post = getattr(model, "postprocess", None)
     attrs = None
     if post is not None:
@@ -108,18 +107,29 @@ def predict(
 
         require_attributes(model, data)
         attrs = data.attributes
-    loader = prepare(model, data).loader(batch_size, num_workers=workers)
-    for x, _, idx in tqdm(loader, desc=desc, leave=False, disable=not progress):
+
+    def batch(x: torch.Tensor, _y: torch.Tensor, pos: np.ndarray) -> dict[str, np.ndarray]:
         logits = model.logits(x.to(device))
         probs = logits.softmax(dim=1)
         if attrs is None:
             p, k = probs.max(dim=1)
         else:
-            k = torch.as_tensor(post.predict(logits, attrs.iloc[idx.numpy()]), device=probs.device)
+            k = torch.as_tensor(post.predict(logits, attrs.iloc[pos]), device=probs.device)
             p = probs.gather(1, k[:, None])[:, 0]
-        preds[idx.numpy()] = k.cpu().numpy()
-        conf[idx.numpy()] = p.cpu().numpy()
-    return preds, conf
+        return {"pred": k.cpu().numpy().astype(np.int64), "conf": p.cpu().numpy()}
+
+    # split across torchrun ranks in fixed batches (raigate.parallel); alone, one loop
+    out = map_batches(
+        prepare(model, data),
+        batch_size,
+        batch,
+        stage=desc,
+        seed=0,
+        workers=workers,
+        desc=desc,
+        progress=progress,
+    )
+    return out["pred"], out["conf"].astype(np.float32)
 
 
 def _rate_records(

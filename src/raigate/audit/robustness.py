@@ -44,6 +44,7 @@ CERTIFY classifies correctly with radius >= r.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -62,7 +63,6 @@ from pydantic import (
     model_validator,
 )
 from scipy.stats import norm as gaussian
-from tqdm.auto import tqdm
 
 from raigate._io import write_atomic
 from raigate.attacks import (
@@ -115,6 +115,7 @@ from raigate.environment import collect_environment
 from raigate.errors import ConfigError
 from raigate.labels import align_classes, data_to_model_index
 from raigate.models.base import Model, require_plain
+from raigate.parallel import current, item_seed, map_batches
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.sanity import accuracy_findings
 from raigate.stats import wilson_interval
@@ -374,6 +375,37 @@ class _Sweep:
             self.order.append(key)
         self.arr(self.correct, key)[idx] = ok
         self.max_pert[key] = max(self.max_pert.get(key, 0.0), pert)
+
+    _STORES: ClassVar[tuple[str, ...]] = ("correct", "own", "predict_ok", "abstain", "queries")
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """This batch's outcomes as flat arrays (raigate.parallel exchanges no objects):
+        ``PREFIX|STORE|KEY-as-JSON``, the batch's max perturbation repeated per image."""
+        out: dict[str, np.ndarray] = {}
+        for key in self.order:
+            k = json.dumps(list(key))
+            for store in self._STORES:
+                if key in getattr(self, store):
+                    out[f"{prefix}|{store}|{k}"] = getattr(self, store)[key]
+            out[f"{prefix}|max_pert|{k}"] = np.full(self.n, self.max_pert[key])
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str, n: int) -> _Sweep:
+        """The whole sample's sweep from the gathered :meth:`to_arrays` of every batch."""
+        sweep = cls(n)
+        for name, a in arrays.items():
+            pre, store, k = name.split("|", 2)
+            if pre != prefix:
+                continue
+            key: Key = tuple(json.loads(k))  # type: ignore[assignment]
+            if key not in sweep.correct and store == "correct":
+                sweep.order.append(key)
+            if store == "max_pert":
+                sweep.max_pert[key] = float(a.max()) if len(a) else 0.0
+            else:
+                getattr(sweep, store)[key] = a
+        return sweep
 
 
 class _Evaluator:
@@ -678,15 +710,28 @@ def run(
         targets.append(("smoothed", smoothed))
     say(_estimate(p, n))
 
-    sweep, big = _Sweep(n), _Sweep(n)
     ev = _Evaluator(model, mapping, p.device)
     runner = _Runner(p, ev, smoothed, model.input_shape)
     inv_t = torch.as_tensor(inverse, device=p.device)
-    loader = prepared.loader(p.batch_size, num_workers=p.workers)
-    for x, y, idx in tqdm(loader, desc="robustness", leave=False, disable=not p.progress):
+
+    def attack_batch(x: torch.Tensor, y: torch.Tensor, pos: np.ndarray) -> dict[str, np.ndarray]:
+        """Every row on one fixed batch; its noise and random starts are the batch's own
+        (raigate.parallel seeds the global RNGs; the smoothed model's stream restarts)."""
+        if smoothed is not None:
+            smoothed.reseed(item_seed(p.seed, "smoothed", int(pos[0])))
         x, y = x.to(p.device), y.to(p.device)
+        local, local_big = _Sweep(len(pos)), _Sweep(len(pos))
+        idx = np.arange(len(pos))
         for name, target in targets:
-            runner.batch(name, target, x, y, inv_t[y], idx.numpy(), sweep, big)
+            runner.batch(name, target, x, y, inv_t[y], idx, local, local_big)
+        return {**local.to_arrays("sweep"), **local_big.to_arrays("big")}
+
+    gathered = map_batches(
+        prepared, p.batch_size, attack_batch, stage="attacks", seed=p.seed,
+        workers=p.workers, desc="robustness", progress=p.progress,
+    )  # fmt: skip
+    sweep = _Sweep.from_arrays(gathered, "sweep", n)
+    big = _Sweep.from_arrays(gathered, "big", n)
 
     rows = _rows(sweep, p)
     large_rows = _rows(big, p)
@@ -900,19 +945,30 @@ def _certify(
         f"certify: {k} images x ({p.certify_n0:,} selection + {p.certify_n:,} estimation noise "
         f"draws) = {draws:,} forward passes of the base model, {p.smoothing_batch_size} per batch"
     )
-    preds, radii, plow, counts, labels = [], [], [], [], []
-    bar = tqdm(total=k, desc="certify", unit="image", leave=False, disable=not p.progress)
-    for x, y, _ in subset.loader(p.batch_size, num_workers=p.workers):
-        c = sm.certify(x.to(p.device), p.certify_n0, p.certify_n, p.alpha, progress=p.progress)
-        preds.append(ev.to_data(c.prediction.to(p.device)).cpu().numpy())
-        radii.append(c.radius.numpy())
-        plow.append(c.p_lower.numpy())
-        counts.append(c.count.numpy())
-        labels.append(y.numpy())
-        bar.update(len(y))
-    bar.close()
-    pred, radius = np.concatenate(preds), np.concatenate(radii)
-    label = np.concatenate(labels)
+
+    def certify_batch(x: torch.Tensor, y: torch.Tensor, pos: np.ndarray) -> dict[str, np.ndarray]:
+        # per-image noise, seeded by the image's place in the audited sample
+        seeds = [item_seed(p.seed, "certify", int(positions[i])) for i in pos]
+        c = sm.certify(
+            x.to(p.device), p.certify_n0, p.certify_n, p.alpha, seeds=seeds,
+            progress=p.progress and current().main,  # noise draws: rank 0's bar only
+        )  # fmt: skip
+        return {
+            "pred": ev.to_data(c.prediction.to(p.device)).cpu().numpy(),
+            "radius": c.radius.numpy(),
+            "p_lower": c.p_lower.numpy(),
+            "count": c.count.numpy(),
+            "label": y.numpy(),
+        }
+
+    # as many images per batch as share one noise batch (one at n = 100,000): a killed
+    # run redoes at most that much per process (raigate.parallel progress)
+    per_batch = max(1, p.smoothing_batch_size // max(p.certify_n0, p.certify_n))
+    got = map_batches(
+        subset, per_batch, certify_batch, stage="certify", seed=p.seed,
+        workers=p.workers, desc="certify", progress=p.progress,
+    )  # fmt: skip
+    pred, radius, label = got["pred"], got["radius"], got["label"]
     abstained = pred < 0
     correct = (~abstained) & (pred == label)
     table = [
@@ -979,8 +1035,8 @@ def _certify(
             "position": positions,
             "prediction": pred,
             "radius": radius,
-            "p_lower": np.concatenate(plow),
-            "count": np.concatenate(counts),
+            "p_lower": got["p_lower"],
+            "count": got["count"],
             "label": label,
             "correct": correct,
         },

@@ -11,12 +11,14 @@ rules (its folder, subjects, signing, verification) are in :mod:`raigate.reports
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raigate import parallel
 from raigate._io import write_atomic
 from raigate.config import PRIMARY, AuditPlan, CheckInstance
 from raigate.environment import collect_environment
@@ -74,10 +76,16 @@ def run_audit(
     device: str = "cpu",
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> AuditOutcome:
     """Run every check table in ``plan`` on its model (``[model]`` or a ``[models.NAME]``
-    variant) and the plan's data, and write the sealed bundle."""
-    from raigate.audit import CHECKS
+    variant) and the plan's data, and write the sealed bundle.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs this with the same plan: the
+    per-image work of each check is split across them (:mod:`raigate.parallel`), each
+    aggregates the same gathered results, and rank 0 alone prints, writes and signs.
+    Each finished batch is kept in ``OUT/.progress`` until the bundle is written;
+    ``resume`` loads the batches a killed run of the same plan, models and data finished."""
     from raigate.data import load_data
     from raigate.models import load_model
     from raigate.models.base import Model
@@ -85,10 +93,18 @@ def run_audit(
 
     start = time.perf_counter()
     out = Path(out_dir)
-    prepare_out_dir(out)  # first: whatever fails next, no old report stays behind
+    world, device = parallel.start(device)
+    if world.main:
+        prepare_out_dir(out, keep_progress=resume)  # first: no old report stays behind
+    else:
+        echo = _quiet  # rank 0 speaks for the run
+        if world.local_rank == 0 and not resume:
+            parallel.remove_progress(out)  # another machine's stale batches
     private_key = load_private_key(key) if key is not None else None  # fail before work
     instances = plan.check_instances()
-    prepare_out_dir(out, [inst.name for inst in instances])  # announce the check folders
+    if world.main:  # announce the check folders
+        prepare_out_dir(out, [inst.name for inst in instances], keep_progress=resume)
+    world.barrier()  # nobody writes progress into a folder rank 0 is still emptying
 
     data = load_data(
         plan.data.spec,
@@ -132,31 +148,116 @@ def run_audit(
         echo(f"audit: variant {name}: {models[name].display_name} ({models[name].digest[:19]}…)")
 
     preflight(plan, instances, models, data)  # a bad last table costs no check time
+    if world.size > 1:
+        echo(
+            f"audit: {world.size} processes ({world.backend}), devices "
+            f"{', '.join(world.devices)}; per-image work split in fixed batches"
+        )
 
     results: dict[str, CheckResult] = {}
     total = len(instances)
-    for i, inst in enumerate(instances, 1):
-        on = "" if inst.model == PRIMARY else f" on {inst.model}"
-        label = inst.name if inst.name == inst.check else f"{inst.name} ({inst.check})"
-        echo(f"[{i}/{total}] {label}{on} …")
-        run, _ = CHECKS[inst.check]
-        params = inst.params
-        if "device" in type(params).model_fields:
-            params = params.model_copy(update={"device": device})
-        if "progress" in type(params).model_fields:
-            params = params.model_copy(update={"progress": progress})
-        extra = {kw: models[ref] for kw, ref in inst.model_fields().items()}
-        check_dir = out / "checks" / inst.name
-        t0 = time.perf_counter()
-        torch.manual_seed(plan.seed)  # each check starts from the same RNG state
+    scratch = tempfile.TemporaryDirectory(prefix="raigate-rank-") if not world.main else None
+    fingerprint = run_fingerprint(plan, models, data)
+    with parallel.run_scope(out / parallel.PROGRESS, fingerprint):
+        for i, inst in enumerate(instances, 1):
+            results[inst.name] = _run_check(
+                inst, i, total, models, data, out, scratch, device, progress, echo, plan.seed
+            )
+    if scratch is not None:
+        scratch.cleanup()
+    world.barrier()  # every rank's last batch is in before the progress goes
+    if not world.main:  # the same report, neither written nor signed here
+        report = _report(plan, device, model, models, data, results, fail_on)
+        return AuditOutcome(
+            report=report, out_dir=out, signed=False, seconds=time.perf_counter() - start
+        )
+    parallel.remove_progress(out)  # the bundle holds nothing else
+    report = _report(plan, device, model, models, data, results, fail_on)
+    _write_bundle(report, out, plan, data.manifest.to_dict())
+    signed = private_key is not None
+    if private_key is not None:
+        sign_bundle(out, report, private_key, plan_dir=plan_folder(plan))
+    return AuditOutcome(
+        report=report, out_dir=out, signed=signed, seconds=time.perf_counter() - start
+    )
+
+
+def _quiet(_msg: str) -> None:
+    """The echo of ranks other than 0."""
+
+
+def run_fingerprint(plan: AuditPlan, models: dict[str, Any], data: Any) -> str:
+    """What per-batch progress must match to be reused: the plan (every check parameter
+    and seed), each model's digest and the data manifest's digest."""
+    import hashlib
+
+    parts = {
+        "plan": plan.model_dump(mode="json", exclude={"source"}),
+        "models": {name: m.digest for name, m in models.items()},
+        "data": data.manifest.digest,
+    }
+    return hashlib.sha256(dumps(parts).encode()).hexdigest()
+
+
+def _run_check(
+    inst: CheckInstance,
+    i: int,
+    total: int,
+    models: dict[str, Any],
+    data: Any,
+    out: Path,
+    scratch: tempfile.TemporaryDirectory[str] | None,
+    device: str,
+    progress: bool,
+    echo: Callable[[str], None],
+    seed: int,
+) -> CheckResult:
+    """One check table: its result written to ``checks/NAME`` (rank 0; the other ranks
+    write their artifacts to a scratch folder that is thrown away)."""
+    import torch
+
+    from raigate.audit import CHECKS
+
+    on = "" if inst.model == PRIMARY else f" on {inst.model}"
+    label = inst.name if inst.name == inst.check else f"{inst.name} ({inst.check})"
+    echo(f"[{i}/{total}] {label}{on} …")
+    run, _ = CHECKS[inst.check]
+    params = inst.params
+    if "device" in type(params).model_fields:
+        params = params.model_copy(update={"device": device})
+    if "progress" in type(params).model_fields:
+        params = params.model_copy(update={"progress": progress})
+    extra = {kw: models[ref] for kw, ref in inst.model_fields().items()}
+    root = out if scratch is None else Path(scratch.name)
+    check_dir = root / "checks" / inst.name
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)  # each check starts from the same RNG state
+    with parallel.check_scope(inst.name) as scope:
         result = run(models[inst.model], data, params, out_dir=check_dir, **extra)
-        result.artifacts = [f"checks/{inst.name}/{a}" for a in result.artifacts]
+    result.artifacts = [f"checks/{inst.name}/{a}" for a in result.artifacts]
+    if scratch is None:
         result.write(check_dir)
-        results[inst.name] = result
-        scope = f"; {result.verdict_scope}" if result.verdict_scope else ""
-        if result.mode == "black-box":
-            scope += "; black-box"
-        echo(f"[{i}/{total}] {label}: {result.verdict}{scope} ({time.perf_counter() - t0:.1f}s)")
+    reused = sum(scope.reused.values()) if scope is not None else 0
+    scope_text = f"; {result.verdict_scope}" if result.verdict_scope else ""
+    if result.mode == "black-box":
+        scope_text += "; black-box"
+    if reused:
+        scope_text += f"; {reused} batches resumed from {parallel.PROGRESS}"
+    echo(f"[{i}/{total}] {label}: {result.verdict}{scope_text} ({time.perf_counter() - t0:.1f}s)")
+    return result
+
+
+def _report(
+    plan: AuditPlan,
+    device: str,
+    model: Any,
+    models: dict[str, Any],
+    data: Any,
+    results: dict[str, CheckResult],
+    fail_on: str | None,
+) -> AuditReport:
+    """The audit's report from its checks' results (the same on every rank)."""
+    from raigate.reports.compliance import compliance_table
 
     gates = [
         {"check": name, "check_type": r.check, **f.model_dump()}
@@ -164,9 +265,7 @@ def run_audit(
         for f in r.findings
     ]
     verdict = max((g["severity"] for g in gates), key=_RANK.__getitem__, default="pass")
-    from raigate.reports.compliance import compliance_table
-
-    report = AuditReport(
+    return AuditReport(
         plan=plan.model_dump(exclude={"source"}),
         environment=collect_environment(device),
         seed=plan.seed,
@@ -181,13 +280,6 @@ def run_audit(
         compliance=compliance_table(gates, {name: r.check for name, r in results.items()}),
         verdict=verdict,  # type: ignore[arg-type]
         fail_on=(fail_on or plan.fail_on),  # type: ignore[arg-type]
-    )
-    _write_bundle(report, out, plan, data.manifest.to_dict())
-    signed = private_key is not None
-    if private_key is not None:
-        sign_bundle(out, report, private_key, plan_dir=plan_folder(plan))
-    return AuditOutcome(
-        report=report, out_dir=out, signed=signed, seconds=time.perf_counter() - start
     )
 
 

@@ -16,7 +16,7 @@ from raigate.cli_common import (
     handle_errors,
     resolve_device,
 )
-from raigate.errors import GateFailed
+from raigate.errors import ConfigError, GateFailed
 
 keys_app = typer.Typer(
     help="Create the Ed25519 key pair that signs audit reports.", no_args_is_help=True
@@ -56,19 +56,50 @@ def audit_cmd(
     ] = None,
     device: DeviceOpt = "auto",
     trust_code: TrustCodeOpt = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="processes on this machine (torchrun); per-image work is split among them, "
+            "the report is the same as with 1",
+        ),
+    ] = 1,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="reuse the batches a killed run of this plan left in OUT/.progress",
+        ),
+    ] = False,
 ) -> None:
     """Run an audit plan and write report.json, report.html, model-card.md, junit.xml and
-    (with --key) a signed attestation. Exit 0 when every gate passes, 1 when one fails.
-    --out must be new, empty or a bundle of an earlier run, which is emptied first.
-    --trust-code does what the plan's trust_code = true does; untrained models are allowed
-    per model in the plan (random_init = true)."""
+    (with --key) a signed attestation. Exit 0 when every gate passes, 1 when one fails,
+    2 on bad input, 3 on an internal error.
+    --out must be new, empty or a bundle of an earlier run, which is emptied first (with
+    --resume, all but its .progress). --nproc N runs N processes with torchrun; on several
+    machines run `torchrun --nnodes M --nproc-per-node N -m raigate audit ...` instead
+    (docs/scale-out.md). --trust-code does what the plan's trust_code = true does;
+    untrained models are allowed per model in the plan (random_init = true)."""
+    import os
+
     from raigate.audit.runner import prepare_out_dir, run_audit
     from raigate.config import load_plan
 
-    prepare_out_dir(out, create=False)  # before the plan is read: no old report survives it
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if nproc > 1 and launched:
+        raise ConfigError(
+            "--nproc: this process already runs under torchrun "
+            f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); drop --nproc"
+        )
+    if os.environ.get("RANK", "0") == "0":  # before the plan is read: no old report survives
+        prepare_out_dir(out, create=False, keep_progress=resume)
     loaded = load_plan(plan)
     if trust_code:
         loaded = loaded.model_copy(update={"trust_code": True})
+    if nproc > 1:
+        _launch(nproc, plan, out, key, fail_on, device, trust_code, resume)
+        return
     outcome = run_audit(
         loaded,
         out,
@@ -77,13 +108,48 @@ def audit_cmd(
         device=resolve_device(device),
         progress=sys.stderr.isatty(),
         echo=typer.echo,
+        resume=resume,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 prints the verdict and sets the exit code
     print_verdict(outcome)
     if not outcome.passed:
         raise GateFailed(
             f"audit verdict {outcome.report.verdict} under fail_on={outcome.report.fail_on}: "
             f"see {outcome.out_dir / 'report.html'}"
         )
+
+
+def _launch(
+    nproc: int,
+    plan: Path,
+    out: Path,
+    key: Path | None,
+    fail_on: str | None,
+    device: str,
+    trust_code: bool,
+    resume: bool,
+) -> None:
+    """``raigate audit`` again, in ``nproc`` torchrun processes; exit as rank 0 does."""
+    from raigate.parallel import launch
+
+    argv = ["audit", str(plan), "--out", str(out), "--device", device]
+    if key is not None:
+        argv += ["--key", str(key)]
+    if fail_on is not None:
+        argv += ["--fail-on", fail_on]
+    if trust_code:
+        argv.append("--trust-code")
+    if resume:
+        argv.append("--resume")
+    typer.echo(f"audit: starting {nproc} processes with torchrun")
+    code, message = launch(nproc, argv)
+    if code:
+        if message:
+            from raigate.cli_common import echo_error
+
+            echo_error(message)
+        raise typer.Exit(code)
 
 
 def print_verdict(outcome: object) -> None:

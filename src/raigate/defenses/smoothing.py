@@ -37,6 +37,7 @@ smoothed classifiers"). Attacks on it therefore see the noise, not the bare base
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,26 +201,63 @@ class SmoothedClassifier(Model):
         return self.net.base  # type: ignore[no-any-return]
 
     # -- Monte Carlo votes ------------------------------------------------------------------
+    def reseed(self, seed: int) -> None:
+        """Restart the shared noise stream (``counts`` without ``seeds``, and the EOT
+        ``logits``) from ``seed``: the robustness check does it per batch, so a batch's
+        draws do not depend on the batches before it (or on which process ran them)."""
+        self.net.seed = seed  # type: ignore[union-attr]
+        self.net._gens.clear()  # type: ignore[union-attr]
+
     @torch.inference_mode()
-    def counts(self, x: Tensor, n: int, *, progress: bool = False) -> Tensor:
+    def counts(
+        self,
+        x: Tensor,
+        n: int,
+        *,
+        progress: bool = False,
+        seeds: Sequence[int] | None = None,
+    ) -> Tensor:
         """Votes ``[B, K]`` (int64) of the base classifier on ``n`` noisy copies of each of
-        the ``B`` images in ``x``, streamed ``batch_size`` draws at a time."""
+        the ``B`` images in ``x``, streamed ``batch_size`` draws at a time. With ``seeds``
+        (one per image) each image's noise comes from its own generator, so its votes do
+        not depend on the other images, their order or the process; else from the shared
+        stream (:meth:`reseed`)."""
         if n < 1:
             raise ConfigError(f"the number of noise draws must be >= 1, got {n}")
         x = x.detach()
         if x.dim() == 3:
             x = x.unsqueeze(0)
         b, k = x.shape[0], self.num_classes
-        gen = self.net.generator(x.device)  # type: ignore[operator]
+        if seeds is not None and len(seeds) != b:
+            raise ValueError(f"{len(seeds)} seeds for {b} images")
+        shared = self.net.generator(x.device)  # type: ignore[operator]
+        own = (
+            None
+            if seeds is None
+            else [torch.Generator(device=x.device).manual_seed(int(s)) for s in seeds]
+        )
         votes = torch.zeros(b * k, dtype=torch.int64, device=x.device)
         total = b * n
         bar = tqdm(total=total, desc="noise draws", unit="draw", leave=False, disable=not progress)
         for start in range(0, total, self.batch_size):
             stop = min(start + self.batch_size, total)
             first, last = start // n, (stop - 1) // n
-            batch = torch.randn(
-                (stop - start, *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype
-            ).mul_(self.sigma)
+            shape = (stop - start, *x.shape[1:])
+            if own is None:
+                batch = torch.randn(shape, generator=shared, device=x.device, dtype=x.dtype)
+            else:  # each image's draws from its own stream, in order
+                batch = torch.cat(
+                    [
+                        torch.randn(
+                            (min(stop, (j + 1) * n) - max(start, j * n), *x.shape[1:]),
+                            generator=own[j],
+                            device=x.device,
+                            dtype=x.dtype,
+                        )
+                        for j in range(first, last + 1)
+                    ]
+                )
+            batch.mul_(self.sigma)
             if first == last:  # one image: broadcast instead of gathering copies
                 batch.add_(x[first])
                 img = None
@@ -244,17 +282,33 @@ class SmoothedClassifier(Model):
         return predict_from_counts(self.counts(x, n, progress=progress), alpha)
 
     def certify(
-        self, x: Tensor, n0: int, n: int, alpha: float, *, progress: bool = False
+        self,
+        x: Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        *,
+        progress: bool = False,
+        seeds: Sequence[int] | None = None,
     ) -> Certificate:
         """Cohen et al.'s CERTIFY on each image of ``x``: ``n0`` selection draws pick the
-        class, ``n`` independent estimation draws bound its probability from below."""
+        class, ``n`` independent estimation draws bound its probability from below. With
+        ``seeds`` (one per image) each image's selection and estimation noise come from
+        two streams of its own (see :meth:`counts`): its certificate is the same in any
+        batch, order or process."""
         _check_alpha(alpha)
         if n0 < 1 or n < 1:
             raise ConfigError(f"--certify-n0 and --certify-n must be >= 1, got {n0}, {n}")
         if n0 > n:
             raise ConfigError(f"--certify-n0 ({n0}) must not exceed --certify-n ({n})")
-        selected = self.counts(x, n0, progress=progress).argmax(dim=1)
-        votes = self.counts(x, n, progress=progress)
+        pick = est = None
+        if seeds is not None:
+            from raigate.parallel import item_seed
+
+            pick = [item_seed(int(s), "selection") for s in seeds]
+            est = [item_seed(int(s), "estimation") for s in seeds]
+        selected = self.counts(x, n0, progress=progress, seeds=pick).argmax(dim=1)
+        votes = self.counts(x, n, progress=progress, seeds=est)
         n_a = votes.gather(1, selected.view(-1, 1)).squeeze(1)
         p_lower = clopper_pearson_lower(n_a.cpu().numpy(), n, alpha)
         radius = certified_radius(p_lower, self.sigma)

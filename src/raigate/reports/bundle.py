@@ -36,12 +36,15 @@ BUNDLE_FILES = (
     "model-manifest.json",
     "data-manifest.json",
 )
+PROGRESS = ".progress"  # raigate.parallel.PROGRESS: a run's per-batch progress until it ends
 _TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # write_atomic's temporary files
 _CHECK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a plan's check table names
 
 
 # -- the out folder ----------------------------------------------------------------------------
-def prepare_out_dir(out: Path, checks: Sequence[str] = (), *, create: bool = True) -> None:
+def prepare_out_dir(
+    out: Path, checks: Sequence[str] = (), *, create: bool = True, keep_progress: bool = False
+) -> None:
     """Make ``out`` an empty raigate bundle before anything else is written: a new or empty
     folder, or a bundle from an earlier run whose files are all removed here (so a run that
     fails later never leaves the previous run's PASS ``report.html`` or ``junit.xml``).
@@ -54,6 +57,9 @@ def prepare_out_dir(out: Path, checks: Sequence[str] = (), *, create: bool = Tru
     leftover temporary files, and ``checks/NAME`` for each NAME the marker lists. Anything
     else (a user's file, a folder the marker does not list, a symlink) is refused with a
     ConfigError naming it, and nothing is deleted.
+
+    ``.progress`` (:data:`raigate.parallel.PROGRESS`, the per-batch progress of a run that
+    did not finish) is removed too, unless ``keep_progress`` (``audit --resume``).
     """
     from raigate.errors import ConfigError
 
@@ -71,6 +77,8 @@ def prepare_out_dir(out: Path, checks: Sequence[str] = (), *, create: bool = Tru
         ) from None
     try:
         for path in _previous_run(out):
+            if keep_progress and path.name == PROGRESS:
+                continue
             if path.is_dir():
                 shutil.rmtree(path)  # a listed check folder: never a symlink (checked)
             else:
@@ -103,7 +111,9 @@ def _previous_run(out: Path) -> list[Path]:
     planned = _marker_checks(marker)
     owned: list[Path] = []
     for entry in entries:
-        if entry.name == "checks" and entry.is_dir() and not entry.is_symlink():
+        if entry.name == PROGRESS and entry.is_dir() and not entry.is_symlink():
+            owned.append(entry)  # a killed run's per-batch progress (raigate.parallel)
+        elif entry.name == "checks" and entry.is_dir() and not entry.is_symlink():
             for sub in sorted(entry.iterdir()):
                 if sub.name not in planned or sub.is_symlink() or not sub.is_dir():
                     raise ConfigError(_foreign(sub, out))
