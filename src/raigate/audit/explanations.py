@@ -32,6 +32,15 @@ dependence on the weights was not tested. With ``out_dir`` the check writes PNG
 figures there: ``explanations_grid.png`` (image + overlay per method),
 ``sanity_cascade.png`` and ``group_maps_<attribute>.png``.
 
+**Several processes** (``torchrun``, :mod:`raigate.parallel`): the per-image work (maps,
+curves, infidelity, IG deltas, per-image agreement; max-sensitivity; the randomization
+test) runs on fixed batches of ``batch_size`` images, each rank computing its share, and is
+gathered in image order on every rank; the aggregates (means, Wilcoxon tests, group maps,
+findings) are then computed on every rank from the same arrays. Every random draw depends
+on the run seed and the image or batch only (the random pixel order is seeded per image;
+SmoothGrad, KernelSHAP, infidelity and max-sensitivity re-seed with ``seed`` inside each
+batch), so any number of processes gives the single process's metrics, bit for bit.
+
 >>> import raigate
 >>> from raigate.audit import explanations
 >>> data = raigate.load_data("demo:test", limit=4)
@@ -56,7 +65,6 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from raigate._io import write_atomic
 from raigate.audit.evaluate import prepare, require_inputs
@@ -70,6 +78,7 @@ from raigate.explain.methods import (
     default_blur_sigma,
     get_method,
     make_baseline,
+    seeded,
 )
 from raigate.explain.metrics import (
     deletion_insertion,
@@ -80,9 +89,10 @@ from raigate.explain.metrics import (
     spearman_rows,
     square_removal,
 )
-from raigate.explain.sanity import cascade, randomization_units
+from raigate.explain.sanity import cascade, cascade_plan, randomization_units
 from raigate.labels import data_to_model_index
 from raigate.models.base import Model, require_plain
+from raigate.parallel import Arrays, batch_seed, item_seed, map_batches, map_positions
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.values import Fraction, Seed
 
@@ -190,7 +200,8 @@ DEFINITIONS = {
     "insertion_auc": "Petsiuk et al. 2018: area under the target-class probability as the "
     "top-ranked pixels are put back into a blurred copy (blur_sigma), fraction 0..1 (higher "
     "= more faithful)",
-    "random_deletion_auc": "the same curves for a uniformly random pixel order (seeded)",
+    "random_deletion_auc": "the same curves for a uniformly random pixel order (seeded per "
+    "image: the seed and the image's position)",
     "wilcoxon_p": "one-sided Wilcoxon signed-rank test over images: method better than random",
     "infidelity": "Yeh et al. 2019 via captum.metrics.infidelity: square-removal perturbations "
     "(one random infidelity_square x infidelity_square square set to the baseline image), "
@@ -250,28 +261,20 @@ def _wilcoxon_less(a: np.ndarray, b: np.ndarray) -> float | None:
         return None
 
 
-def _mean(values: list[Tensor]) -> float | None:
-    if not values:
-        return None
-    return float(torch.cat(values).double().mean())
+def _mean(values: np.ndarray) -> float:
+    """Mean in float64 via torch, as the metrics always were (the same bits on every rank)."""
+    return float(torch.from_numpy(np.ascontiguousarray(values)).double().mean())
 
 
-class _Collected:
-    """Per-method outputs of the attribution pass over the samples."""
-
-    def __init__(self, names: list[str]) -> None:
-        self.abs_maps: dict[str, list[Tensor]] = {n: [] for n in names}
-        self.deletion: dict[str, list[Tensor]] = {n: [] for n in names}
-        self.insertion: dict[str, list[Tensor]] = {n: [] for n in names}
-        self.infidelity: dict[str, list[Tensor]] = {n: [] for n in names}
-        self.random_deletion: list[Tensor] = []
-        self.random_insertion: list[Tensor] = []
-        self.delta_rows: list[dict[str, Any]] = []
-        self.kept_x: list[Tensor] = []
-        self.kept_target: list[Tensor] = []
-        self.targets: list[Tensor] = []
-        self.probs: list[Tensor] = []
-        self.labels: list[Tensor] = []
+def _random_scores(seed: int, positions: np.ndarray, hw: tuple[int, int]) -> Tensor:
+    """The random pixel order of each image ``[B, H, W]``: one generator per image, seeded
+    from the run seed and the image's position, so an image's yardstick does not depend on
+    the batch it is in, on the number of processes or on the batches computed before."""
+    rows = [
+        torch.rand(hw, generator=torch.Generator().manual_seed(item_seed(seed, "random-order", p)))
+        for p in positions.tolist()
+    ]
+    return torch.stack(rows)
 
 
 def _attribution_pass(
@@ -281,18 +284,23 @@ def _attribution_pass(
     config: AttributionConfig,
     params: ExplainParams,
     label_targets: np.ndarray | None,
-    keep: int,
-) -> _Collected:
-    """One pass over the images: maps, curves, infidelity and IG deltas per method."""
+) -> Arrays:
+    """Maps, curves, infidelity and IG completeness terms per image and method, computed
+    on raigate.parallel's fixed batches of ``batch_size`` images (each rank its share) and
+    gathered in image order on every rank.
+
+    Arrays (first axis: image): ``map`` ``[n, M, H, W]`` absolute importance per method;
+    ``deletion``, ``insertion``, ``infidelity`` ``[n, M]``; ``has_delta``, ``delta``,
+    ``attribution_sum``, ``output_diff`` ``[n, M]`` (NaN where a method has no delta);
+    ``agreement`` ``[n, P]`` Spearman per pair of methods; ``random_deletion``,
+    ``random_insertion``, ``target``, ``prob`` ``[n]``. Infidelity, SmoothGrad and KernelSHAP
+    draw their noise under the run seed inside the batch (:func:`seeded`), so a batch gives
+    the same values on any rank."""
     device = params.device
-    out = _Collected(list(methods))
-    gen = torch.Generator(device="cpu").manual_seed(params.seed)
-    kept = 0
-    attrs = data.attributes
-    id_col = next((c for c in ("file", "path", "filename") if c in attrs.columns), None)
-    files = attrs[id_col].astype(str).tolist() if id_col else None
-    loader = data.loader(params.batch_size)
-    for x, y, idx in tqdm(loader, desc="explain", leave=False, disable=not params.progress):
+    names = list(methods)
+    pairs = list(itertools.combinations(range(len(names)), 2))
+
+    def batch(x: Tensor, y: Tensor, positions: np.ndarray) -> Arrays:
         x = x.to(device)
         with torch.no_grad():
             probs = model.logits(x).softmax(dim=1)
@@ -301,10 +309,14 @@ def _attribution_pass(
         else:
             target = probs.argmax(dim=1)
         sigma = params.blur_sigma if params.blur_sigma is not None else default_blur_sigma(x)
-        for name, method in methods.items():
+        b, m = x.shape[0], len(names)
+        cols = {k: np.full((b, m), np.nan) for k in ("delta", "attribution_sum", "output_diff")}
+        has_delta = np.zeros((b, m), dtype=bool)
+        maps, dels, ins, infid = [], [], [], []
+        for j, method in enumerate(methods.values()):
             attr, delta = method.attribute_with_delta(model, x, target, config)
             imp = importance(attr)
-            out.abs_maps[name].append(imp.abs().cpu())
+            maps.append(imp.abs().cpu())
             d, i = deletion_insertion(
                 model,
                 x,
@@ -314,9 +326,9 @@ def _attribution_pass(
                 blur_sigma=sigma,
                 batch_size=params.batch_size,
             )
-            out.deletion[name].append(d)
-            out.insertion[name].append(i)
-            out.infidelity[name].append(
+            dels.append(d)
+            ins.append(i)
+            infid.append(
                 infidelity_scores(
                     model,
                     x,
@@ -332,11 +344,13 @@ def _attribution_pass(
                 )
             )
             if delta is not None:
-                out.delta_rows += _delta_rows(
-                    model, x, attr, delta, target, idx, name, config, data, files
-                )
-        scores = torch.rand(x.shape[0], *x.shape[2:], generator=gen).to(device)
-        d, i = deletion_insertion(
+                has_delta[:, j] = True
+                cols["delta"][:, j] = delta.double().cpu().numpy()
+                sums, diff = _completeness(model, x, attr, target, config)
+                cols["attribution_sum"][:, j] = sums
+                cols["output_diff"][:, j] = diff
+        scores = _random_scores(params.seed, positions, (x.shape[2], x.shape[3])).to(device)
+        rd, ri = deletion_insertion(
             model,
             x,
             scores,
@@ -345,62 +359,131 @@ def _attribution_pass(
             blur_sigma=sigma,
             batch_size=params.batch_size,
         )
-        out.random_deletion.append(d)
-        out.random_insertion.append(i)
-        out.targets.append(target.cpu())
-        out.probs.append(probs.gather(1, target.view(-1, 1)).squeeze(1).cpu())
-        out.labels.append(y)
-        if kept < keep:
-            take = min(keep - kept, x.shape[0])
-            out.kept_x.append(x[:take])
-            out.kept_target.append(target[:take])
-            kept += take
-    return out
+        agreement = [spearman_rows(maps[a], maps[c]) for a, c in pairs]
+        return {
+            "map": torch.stack(maps, dim=1).numpy(),
+            "deletion": torch.stack(dels, dim=1).numpy(),
+            "insertion": torch.stack(ins, dim=1).numpy(),
+            "infidelity": torch.stack(infid, dim=1).numpy(),
+            "has_delta": has_delta,
+            **cols,
+            "agreement": (
+                torch.stack(agreement, dim=1) if agreement else torch.zeros(b, 0)
+            ).numpy(),
+            "random_deletion": rd.numpy(),
+            "random_insertion": ri.numpy(),
+            "target": target.cpu().numpy(),
+            "prob": probs.gather(1, target.view(-1, 1)).squeeze(1).cpu().numpy(),
+        }
+
+    return map_batches(
+        data,
+        params.batch_size,
+        batch,
+        stage="attributions",
+        seed=params.seed,
+        desc="explain",
+        progress=params.progress,
+    )
 
 
 @torch.no_grad()
-def _delta_rows(
-    model: Model,
-    x: Tensor,
-    attr: Tensor,
-    delta: Tensor,
-    target: Tensor,
-    idx: Tensor,
-    method: str,
-    config: AttributionConfig,
-    data: Dataset,
-    files: list[str] | None,
-) -> list[dict[str, Any]]:
-    """Per-image completeness: f(x) - f(baseline) computed here, on the target logit."""
+def _completeness(
+    model: Model, x: Tensor, attr: Tensor, target: Tensor, config: AttributionConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the attribution sum and f(x) - f(baseline) on the target logit, computed
+    here rather than trusted from Captum, so the delta in the report can be checked."""
     t = target.view(-1, 1)
-    diff = (
-        (model.logits(x).gather(1, t) - model.logits(make_baseline(x, config)).gather(1, t))
-        .squeeze(1)
-        .double()
-        .cpu()
-    )
-    sums = attr.flatten(1).sum(dim=1).double().cpu()
+    diff = model.logits(x).gather(1, t) - model.logits(make_baseline(x, config)).gather(1, t)
+    sums = attr.flatten(1).sum(dim=1)
+    return sums.double().cpu().numpy(), diff.squeeze(1).double().cpu().numpy()
+
+
+def _delta_rows(
+    model: Model, data: Dataset, names: list[str], arrays: Arrays
+) -> list[dict[str, Any]]:
+    """One ``ig_delta`` record per image and method with a completeness delta, method by
+    method in image order (the same list whatever the batch size or number of ranks)."""
+    attrs = data.attributes
+    id_col = next((c for c in ("file", "path", "filename") if c in attrs.columns), None)
+    files = attrs[id_col].astype(str).tolist() if id_col else None
     labels = data.labels
     rows = []
-    for k in range(x.shape[0]):
-        d = float(delta[k])
-        od = float(diff[k])
-        i = int(idx[k])
-        rows.append(
-            {
-                "method": method,
-                "index": i,
-                **({"file": files[i]} if files is not None else {}),
-                "label": data.class_names[int(labels[i])],
-                "target": int(target[k]),
-                "target_class": model.class_names[int(target[k])],
-                "attribution_sum": float(sums[k]),
-                "output_diff": od,
-                "delta": d,
-                "relative_delta": abs(d) / abs(od) if od != 0 else None,
-            }
-        )
+    for j, method in enumerate(names):
+        for i in np.flatnonzero(arrays["has_delta"][:, j]).tolist():
+            d = float(arrays["delta"][i, j])
+            od = float(arrays["output_diff"][i, j])
+            t = int(arrays["target"][i])
+            rows.append(
+                {
+                    "method": method,
+                    "index": i,
+                    **({"file": files[i]} if files is not None else {}),
+                    "label": data.class_names[int(labels[i])],
+                    "target": t,
+                    "target_class": model.class_names[t],
+                    "attribution_sum": float(arrays["attribution_sum"][i, j]),
+                    "output_diff": od,
+                    "delta": d,
+                    "relative_delta": abs(d) / abs(od) if od != 0 else None,
+                }
+            )
     return rows
+
+
+def _first_images(data: Dataset, k: int, device: str) -> Tensor:
+    """The first ``k`` explained images ``[k, C, H, W]``, read again on every rank (the
+    figures, max-sensitivity and the randomization test use them): the same tensors the
+    loader gave the batch they were in."""
+    if k == 0:
+        return torch.zeros(0, *data.shape, device=device)
+    return torch.stack([data[i][0] for i in range(k)]).to(device)
+
+
+def _sensitivity(
+    model: Model,
+    methods: dict[str, Method],
+    config: AttributionConfig,
+    params: ExplainParams,
+    x: Tensor,
+    target: Tensor,
+) -> dict[str, float | None]:
+    """Max-sensitivity per method, mean over the images of ``x``: per-image work (each
+    image reruns every method per perturbation), so it is sharded in fixed batches too."""
+    if x.shape[0] == 0:
+        return dict.fromkeys(methods)
+
+    def batch(positions: np.ndarray) -> Arrays:
+        idx = torch.from_numpy(positions).to(x.device)
+        cols = []
+        for method in methods.values():
+
+            def explain(inp: Tensor, tgt: Tensor, method: Method = method) -> Tensor:
+                return method.attribute(model, inp, tgt, config)
+
+            cols.append(
+                sensitivity_scores(
+                    explain,
+                    x[idx],
+                    target[idx],
+                    radius=params.sensitivity_radius,
+                    n_perturb=params.sensitivity_perturbations,
+                    batch_size=params.batch_size,
+                    seed=params.seed,
+                )
+            )
+        return {"sensitivity": torch.stack(cols, dim=1).numpy()}
+
+    scores = map_positions(
+        x.shape[0],
+        params.batch_size,
+        batch,
+        stage="sensitivity",
+        seed=params.seed,
+        desc="sensitivity",
+        progress=params.progress,
+    )["sensitivity"]
+    return {name: _mean(scores[:, j]) for j, name in enumerate(methods)}
 
 
 def _sanity(
@@ -411,19 +494,54 @@ def _sanity(
     x: Tensor,
     target: Tensor,
     reference: dict[str, Tensor],
+    *,
+    figure: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, list[tuple[str, Tensor]]]]:
+    """The cascading randomization test on the images of ``x``, sharded in fixed batches:
+    each batch walks the whole cascade (one deep copy, re-initialized from the top down,
+    seeded per layer, so every rank builds the same copies) and returns its per-image
+    Spearman ``[B, steps, M]``; every rank then averages the gathered values.
+
+    With ``figure``, also the first image's map at every depth for ``sanity_cascade.png``:
+    kept from batch 0 when this rank computed it (rank 0 always owns batch 0), else (a
+    resumed run, or another rank asked for figures) batch 0 is recomputed here."""
+    names = list(methods)
+    steps = cascade_plan(model, checkpoints=params.sanity_layers)
+    first: dict[str, list[Tensor]] = {}
+
+    def batch(positions: np.ndarray) -> Arrays:
+        idx = torch.from_numpy(positions).to(x.device)
+        rho = torch.empty(len(positions), len(steps), len(names))
+        keep = figure and positions[0] == 0
+        cascaded = cascade(model, checkpoints=params.sanity_layers, seed=params.seed)
+        for s, step in enumerate(cascaded):
+            for j, (name, method) in enumerate(methods.items()):
+                maps = importance(method.attribute(step.model, x[idx], target[idx], config))
+                maps = maps.abs().cpu()
+                rho[:, s, j] = spearman_rows(reference[name][idx.cpu()], maps)
+                if keep:
+                    first.setdefault(name, []).append(maps[0])
+        return {"spearman": rho.numpy()}
+
+    k = x.shape[0]
+    rho = map_positions(
+        k,
+        params.batch_size,
+        batch,
+        stage="sanity",
+        seed=params.seed,
+        desc="sanity",
+        progress=params.progress,
+    )["spearman"]
+    if figure and not first:
+        with seeded(batch_seed(params.seed, "sanity", 0), x.device):
+            batch(np.arange(min(k, params.batch_size), dtype=np.int64))
+
     records: list[dict[str, Any]] = []
-    figure: dict[str, list[tuple[str, Tensor]]] = {
-        n: [("trained", reference[n][0])] for n in methods
-    }
-    # cascade() randomizes one copy in place: use each step before asking for the next
-    steps = cascade(model, checkpoints=params.sanity_layers, seed=params.seed)
-    for step in tqdm(steps, desc="sanity", leave=False, disable=not params.progress):
-        last = step.randomized == step.total
-        for name, method in methods.items():
-            maps = importance(method.attribute(step.model, x, target, config)).abs().cpu()
-            rho = spearman_rows(reference[name], maps)
-            mean = float(rho.double().mean())
+    for s, step in enumerate(steps):
+        for j, name in enumerate(names):
+            column = torch.from_numpy(np.ascontiguousarray(rho[:, s, j])).double()
+            mean = float(column.mean())
             records.append(
                 {
                     "method": name,
@@ -431,14 +549,47 @@ def _sanity(
                     "layers_randomized": step.randomized,
                     "layers_total": step.total,
                     "spearman": mean,
-                    "spearman_std": float(rho.double().std()) if rho.numel() > 1 else None,
-                    "n": int(rho.numel()),
-                    "all_randomized": last,
+                    "spearman_std": float(column.std()) if column.numel() > 1 else None,
+                    "n": int(column.numel()),
+                    "all_randomized": step.randomized == step.total,
                     "passed": mean < params.sanity_max_spearman,
                 }
             )
-            figure[name].append((f"-> {step.layer}\n({step.randomized}/{step.total})", maps[0]))
-    return records, figure
+    maps: dict[str, list[tuple[str, Tensor]]] = {}
+    if figure:
+        for name in names:
+            maps[name] = [("trained", reference[name][0])] + [
+                (f"-> {step.layer}\n({step.randomized}/{step.total})", m)
+                for step, m in zip(steps, first[name], strict=True)
+            ]
+    return records, maps
+
+
+def _faithfulness(
+    arrays: Arrays, names: list[str], sensitivity: dict[str, float | None], k_sens: int
+) -> list[dict[str, Any]]:
+    """One ``faithfulness`` record per method from the gathered per-image values."""
+    rand_del, rand_ins = arrays["random_deletion"], arrays["random_insertion"]
+    rd, ri = _mean(rand_del), _mean(rand_ins)
+    records = []
+    for j, name in enumerate(names):
+        d, i = arrays["deletion"][:, j], arrays["insertion"][:, j]
+        records.append(
+            {
+                "method": name,
+                "n": len(d),
+                "deletion_auc": _mean(d),
+                "insertion_auc": _mean(i),
+                "random_deletion_auc": rd,
+                "random_insertion_auc": ri,
+                "deletion_wilcoxon_p": _wilcoxon_less(d, rand_del),
+                "insertion_wilcoxon_p": _wilcoxon_less(rand_ins, i),
+                "infidelity": _mean(arrays["infidelity"][:, j]),
+                "sensitivity_max": sensitivity[name],
+                "sensitivity_n": k_sens,
+            }
+        )
+    return records
 
 
 def requested_methods(model: Model, params: ExplainParams) -> list[str]:
@@ -545,57 +696,17 @@ def run(
     )
 
     keep = min(n, max(params.grid_samples, params.sensitivity_samples, params.sanity_samples))
-    col = _attribution_pass(model, data, methods, config, params, label_targets, keep)
-    abs_maps = {name: torch.cat(v) for name, v in col.abs_maps.items()}
-    kept_x = torch.cat(col.kept_x)
-    kept_t = torch.cat(col.kept_target)
-    rand_del = torch.cat(col.random_deletion)
-    rand_ins = torch.cat(col.random_insertion)
+    arrays = _attribution_pass(model, data, methods, config, params, label_targets)
+    names = list(methods)
+    abs_maps = {name: torch.from_numpy(arrays["map"][:, j]) for j, name in enumerate(names)}
+    kept_x = _first_images(data, keep, params.device)
+    kept_t = torch.from_numpy(arrays["target"][:keep]).to(params.device)
 
     # max-sensitivity reruns each method n_perturb times: on the first images only
     k_sens = min(params.sensitivity_samples, n)
-    sensitivity: dict[str, float | None] = dict.fromkeys(methods)
-    if k_sens:
-        for name, method in tqdm(
-            methods.items(), desc="sensitivity", leave=False, disable=not params.progress
-        ):
-
-            def explain(inp: Tensor, tgt: Tensor, method: Method = method) -> Tensor:
-                return method.attribute(model, inp, tgt, config)
-
-            scores = sensitivity_scores(
-                explain,
-                kept_x[:k_sens],
-                kept_t[:k_sens],
-                radius=params.sensitivity_radius,
-                n_perturb=params.sensitivity_perturbations,
-                batch_size=params.batch_size,
-                seed=params.seed,
-            )
-            sensitivity[name] = float(scores.double().mean())
-
-    faithfulness: list[dict[str, Any]] = []
-    findings: list[Finding] = []
-    rd, ri = float(rand_del.double().mean()), float(rand_ins.double().mean())
-    for name in methods:
-        d, i = torch.cat(col.deletion[name]), torch.cat(col.insertion[name])
-        p_del = _wilcoxon_less(d.numpy(), rand_del.numpy())
-        p_ins = _wilcoxon_less(rand_ins.numpy(), i.numpy())
-        rec = {
-            "method": name,
-            "n": n,
-            "deletion_auc": float(d.double().mean()),
-            "insertion_auc": float(i.double().mean()),
-            "random_deletion_auc": rd,
-            "random_insertion_auc": ri,
-            "deletion_wilcoxon_p": p_del,
-            "insertion_wilcoxon_p": p_ins,
-            "infidelity": _mean(col.infidelity[name]),
-            "sensitivity_max": sensitivity[name],
-            "sensitivity_n": k_sens,
-        }
-        faithfulness.append(rec)
-        findings.append(_faithfulness_finding(rec, params.alpha))
+    sensitivity = _sensitivity(model, methods, config, params, kept_x[:k_sens], kept_t[:k_sens])
+    faithfulness = _faithfulness(arrays, names, sensitivity, k_sens)
+    findings = [_faithfulness_finding(rec, params.alpha) for rec in faithfulness]
 
     k_sanity = min(params.sanity_samples, n)
     sanity_note = sanity_skip_reason(model)
@@ -610,6 +721,7 @@ def run(
             kept_x[:k_sanity],
             kept_t[:k_sanity],
             {name: m[:k_sanity] for name, m in abs_maps.items()},
+            figure=out_dir is not None,
         )
     else:
         findings.append(_sanity_skipped_finding(sanity_note, params.sanity_max_spearman))
@@ -618,17 +730,15 @@ def run(
         if final:
             findings.append(_sanity_finding(final[-1], params.sanity_max_spearman))
 
-    if col.delta_rows:
-        findings.append(_delta_finding(col.delta_rows, params))
+    delta_rows = _delta_rows(model, data, names, arrays)
+    if delta_rows:
+        findings.append(_delta_finding(delta_rows, params))
 
     agreement = [
-        {
-            "method_a": a,
-            "method_b": b,
-            "spearman": float(spearman_rows(abs_maps[a], abs_maps[b]).double().mean()),
-            "n": n,
-        }
-        for a, b in itertools.combinations(methods, 2)
+        {"method_a": names[a], "method_b": names[b], "spearman": _mean(column), "n": n}
+        for (a, b), column in zip(
+            itertools.combinations(range(len(names)), 2), arrays["agreement"].T, strict=True
+        )
     ]
 
     attrs = data.attributes
@@ -648,7 +758,7 @@ def run(
             data=data,
             kept_x=kept_x,
             kept_t=kept_t,
-            probs=torch.cat(col.probs),
+            probs=torch.from_numpy(arrays["prob"]),
             abs_maps=abs_maps,
             sanity_maps=sanity_maps,
             group_records=group_records,
@@ -657,7 +767,7 @@ def run(
             params=params,
         )
 
-    relative = [r["relative_delta"] for r in col.delta_rows if r["relative_delta"] is not None]
+    relative = [r["relative_delta"] for r in delta_rows if r["relative_delta"] is not None]
     return CheckResult(
         check=NAME,
         artifacts=artifacts,
@@ -679,7 +789,7 @@ def run(
             "methods": [{k: v for k, v in r.items() if k != "settings"} for r in status],
             "faithfulness": faithfulness,
             "sanity": sanity,
-            "ig_delta": col.delta_rows,
+            "ig_delta": delta_rows,
             "ig_max_relative_delta": max(relative) if relative else None,
             "agreement": agreement,
             "group_maps": group_records,

@@ -35,7 +35,15 @@ from torch import nn
 from raigate.explain.methods import seeded
 from raigate.models.base import Model
 
-__all__ = ["CascadeStep", "cascade", "checkpoint_positions", "randomization_units", "randomize_"]
+__all__ = [
+    "CascadeStep",
+    "PlannedStep",
+    "cascade",
+    "cascade_plan",
+    "checkpoint_positions",
+    "randomization_units",
+    "randomize_",
+]
 
 
 def randomization_units(net: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -73,6 +81,25 @@ def checkpoint_positions(n_units: int, n_checkpoints: int) -> list[int]:
 
 
 @dataclass(frozen=True)
+class PlannedStep:
+    """A checkpoint of the cascade: ``randomized`` of ``total`` units, down to ``layer``."""
+
+    layer: str
+    randomized: int
+    total: int
+
+
+def cascade_plan(model: Model, *, checkpoints: int = 5) -> list[PlannedStep]:
+    """The checkpoints :func:`cascade` stops at, without copying or randomizing anything:
+    a rank that computes none of the test's images still names its rows."""
+    units = randomization_units(model.net)
+    return [
+        PlannedStep(layer=units[p - 1][0] or "(root)", randomized=p, total=len(units))
+        for p in checkpoint_positions(len(units), checkpoints)
+    ]
+
+
+@dataclass(frozen=True)
 class CascadeStep:
     """The randomized copy after ``randomized`` of ``total`` units, down to ``layer``."""
 
@@ -84,19 +111,16 @@ class CascadeStep:
 
 def cascade(model: Model, *, checkpoints: int = 5, seed: int = 0) -> Iterator[CascadeStep]:
     """Yield progressively randomized copies of ``model`` (one deep copy, randomized in
-    place from the top down) at ``checkpoints`` evenly spaced depths."""
+    place from the top down) at ``checkpoints`` evenly spaced depths. Each layer is reset
+    under a seed of its own (``seed`` + its depth), so every call builds the same copies."""
     randomized = copy.deepcopy(model)
     units = randomization_units(randomized.net)
-    positions = checkpoint_positions(len(units), checkpoints)
     done = 0
-    for position in positions:
-        while done < position:
+    for step in cascade_plan(randomized, checkpoints=checkpoints):
+        while done < step.randomized:
             randomize_(units[done][1], seed + done)
             done += 1
         randomized.train(False)
         yield CascadeStep(
-            layer=units[position - 1][0] or "(root)",
-            randomized=position,
-            total=len(units),
-            model=randomized,
+            layer=step.layer, randomized=step.randomized, total=step.total, model=randomized
         )
