@@ -52,6 +52,14 @@ certify_n = 64
 certify_n0 = 8
 certify_max_samples = 12
 smoothing_batch_size = 128
+[checks.explanations]
+methods = ["saliency", "integrated-gradients", "smoothgrad"]
+n_samples = 6
+n_steps = 8
+batch_size = 4
+smoothgrad_samples = 4
+curve_steps = 5
+infidelity_perturbations = 4
 """
 
 
@@ -99,7 +107,7 @@ def test_two_processes_write_the_single_process_report(work: Path) -> None:
     two = cli("audit", str(work / "plan.toml"), "--out", str(work / "two"), "--nproc", "2")
     assert two.returncode == 0, two.stdout + two.stderr
     assert "audit: 2 processes (gloo), devices cpu, cpu" in two.stdout
-    assert two.stdout.count("[1/3] evaluate …") == 1  # rank 0 alone speaks
+    assert two.stdout.count("[1/4] evaluate …") == 1  # rank 0 alone speaks
     r1 = json.loads((work / "one" / "report.json").read_text())
     r2 = json.loads((work / "two" / "report.json").read_text())
     assert r2["environment"]["distributed"] == {
