@@ -153,8 +153,9 @@ smoothing_batch_size = 4000
 
 def test_sigkill_in_certify_then_resume_gives_the_same_result(work: Path) -> None:
     (work / "slow.toml").write_text(SLOW)
-    ref = cli("audit", str(work / "slow.toml"), "--out", str(work / "ref"))
-    assert ref.returncode == 0, ref.stdout + ref.stderr
+    torch.set_num_threads(1)
+    ref = runner.invoke(app, ["audit", str(work / "slow.toml"), "--out", str(work / "ref")])
+    assert ref.exit_code == 0, ref.output
     out = work / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -173,10 +174,10 @@ def test_sigkill_in_certify_then_resume_gives_the_same_result(work: Path) -> Non
     assert 3 <= len(done) < 10, "killed in the middle of CERTIFY"
     assert not (out / "report.json").exists()
     # resumed: every finished batch is loaded (the one being computed is redone)
-    res = cli("audit", str(work / "slow.toml"), "--out", str(out), "--resume")
-    assert res.returncode == 0, res.stdout + res.stderr
-    robust = [ln for ln in res.stdout.splitlines() if ln.startswith("[1/1] robustness:")]
-    assert robust and f"; {len(kept)} batches resumed from .progress" in robust[0], res.stdout
+    res = runner.invoke(app, ["audit", str(work / "slow.toml"), "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    robust = [ln for ln in res.output.splitlines() if ln.startswith("[1/1] robustness:")]
+    assert robust and f"; {len(kept)} batches resumed from .progress" in robust[0], res.output
     got = json.loads((out / "checks" / "robustness" / "result.json").read_text())
     want = json.loads((work / "ref" / "checks" / "robustness" / "result.json").read_text())
     assert comparable(got) == comparable(want)

@@ -167,6 +167,8 @@ def run_audit(
         scratch.cleanup()
     world.barrier()  # every rank's last batch is in before the progress goes
     if not world.main:  # the same report, neither written nor signed here
+        if world.local_rank == 0:
+            parallel.remove_progress(out)  # another machine's batches: done with
         report = _report(plan, device, model, models, data, results, fail_on)
         return AuditOutcome(
             report=report, out_dir=out, signed=False, seconds=time.perf_counter() - start
