@@ -264,12 +264,14 @@ def _reference_scores(
             out_dir=None if out_dir is None else Path(out_dir) / REFERENCE_DIR,
             device=params.device,
             progress=params.progress,
+            queries=params.queries,
+            batch_size=params.batch_size,
         )
     scores = reference_attack_scores(
         model, pool, refs, [a for a in params.attacks if a in REFERENCE_ATTACKS],
         queries=params.queries, variance=params.lira_variance, rmia_mode=params.rmia_mode,
         rmia_a=params.rmia_a, rmia_gamma=params.rmia_gamma, batch_size=params.batch_size,
-        device=params.device,
+        device=params.device, seed=params.seed,
     )  # fmt: skip
     nm, nt = pool.n_members, pool.n_targets
     split = {k: (v[:nm], v[nm:nt]) for k, v in scores.items()}
@@ -339,14 +341,16 @@ def run(
             f"members {members.spec} and non-members {non_members.spec} are the same data; "
             "non-members must be examples the model never trained on (e.g. the test split)"
         )
-    out_kw = {
+    out_kw: dict[str, Any] = {
         "batch_size": params.batch_size,
         "device": params.device,
         "progress": params.progress,
         "label_map": params.label_map,
+        "seed": params.seed,
     }
-    mo = model_outputs(model, members, **out_kw)  # type: ignore[arg-type]
-    no = model_outputs(model, non_members, **out_kw)  # type: ignore[arg-type]
+    # each pass shared out over the ranks of a torchrun world, one progress stage each
+    mo = model_outputs(model, members, stage="member_outputs", **out_kw)
+    no = model_outputs(model, non_members, stage="non_member_outputs", **out_kw)
 
     attacks = list(dict.fromkeys(params.attacks))
     # The verdict rests on the strongest of m attacks: each bound is taken at alpha / m
@@ -435,14 +439,16 @@ def run(
             findings.append(sampler_finding(record))
     artifacts: list[str] = []
     if out_dir is not None:
+        from raigate import parallel
         from raigate.audit.privacy_plots import ROC_NAME, plot_roc
 
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        plot_roc(
-            Path(out_dir) / ROC_NAME,
-            curves,
-            f"membership inference: {len(mo.labels)} members vs {len(no.labels)} non-members",
-        )
+        if parallel.current().main:  # every rank holds the same curves; one draws them
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            plot_roc(
+                Path(out_dir) / ROC_NAME,
+                curves,
+                f"membership inference: {len(mo.labels)} members vs {len(no.labels)} non-members",
+            )
         artifacts.append(ROC_NAME)
         if ref_info is not None and not ref_info["reused"]:
             # the saved reference models are part of the bundle: signed, like the figure

@@ -3,19 +3,39 @@ check that every process ends with the same weights."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["gather", "start", "sum_over_ranks", "weights_in_sync"]
+__all__ = ["alone", "gather", "start", "sum_over_ranks", "weights_in_sync"]
+
+_ALONE: contextvars.ContextVar[bool] = contextvars.ContextVar("raigate_dp_alone", default=False)
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """DP-SGD runs started inside train in this process only, even in a torchrun world.
+    For reference models (:mod:`raigate.privacy.reference`): each rank trains its own
+    models, one at a time, so a run must not wait for the other ranks to join it."""
+    token = _ALONE.set(True)
+    try:
+        yield
+    finally:
+        _ALONE.reset(token)
 
 
 def start(device: str) -> tuple[int, int, bool]:
-    """(rank, world size, whether we started the process group). torchrun sets WORLD_SIZE."""
+    """(rank, world size, whether we started the process group). torchrun sets WORLD_SIZE.
+    Inside :func:`alone`: ``(0, 1, False)``, this process by itself."""
     import torch.distributed as dist
 
+    if _ALONE.get():
+        return 0, 1, False
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import norm
-from tqdm.auto import tqdm
+from torch import Tensor
 
 from raigate import stats
 from raigate.data.base import Dataset
@@ -250,7 +250,6 @@ class ModelOutputs:
     labels: np.ndarray
 
 
-@torch.no_grad()
 def model_outputs(
     model: Model,
     data: Dataset,
@@ -259,23 +258,40 @@ def model_outputs(
     device: str = "cpu",
     progress: bool = True,
     label_map: dict[str, str] | None = None,
+    stage: str = "model_outputs",
+    seed: int = 0,
 ) -> ModelOutputs:
     """One pass over ``data``: probabilities, cross-entropy of the true label, and labels
-    mapped to the model's class indices by name (:func:`raigate.labels.data_to_model_index`)."""
+    mapped to the model's class indices by name (:func:`raigate.labels.data_to_model_index`).
+
+    The pass is cut into fixed batches of ``batch_size`` spread over the ranks of a
+    ``torchrun`` world (:func:`raigate.parallel.map_batches`), so each rank scores
+    ``1/N`` of the examples and every rank gets all of them back, bit for bit what one
+    process computes; ``stage`` names the pass in ``--resume`` progress, distinct for each
+    pass of one check."""
+    from raigate import parallel
     from raigate.audit.evaluate import prepare
 
     to_model = data_to_model_index(model.class_names, data.class_names, label_map)
     model.to(device)
-    n = len(data)
-    probs = np.empty((n, model.num_classes), dtype=np.float32)
-    loss = np.empty(n, dtype=np.float64)
     labels = to_model[data.labels]
-    loader = prepare(model, data).loader(batch_size)
-    for x, _, idx in tqdm(loader, desc="membership scores", leave=False, disable=not progress):
+
+    @torch.no_grad()
+    def score(x: Tensor, _: Tensor, pos: np.ndarray) -> parallel.Arrays:
         logits = model.logits(x.to(device)).float()
-        y = torch.as_tensor(labels[idx.numpy()], device=logits.device)
-        probs[idx.numpy()] = logits.softmax(dim=1).cpu().numpy()
-        loss[idx.numpy()] = F.cross_entropy(logits, y, reduction="none").double().cpu().numpy()
+        y = torch.as_tensor(labels[pos], device=logits.device)
+        return {
+            "probs": logits.softmax(dim=1).cpu().numpy(),
+            "loss": F.cross_entropy(logits, y, reduction="none").double().cpu().numpy(),
+        }
+
+    out = parallel.map_batches(
+        prepare(model, data), batch_size, score, stage=stage, seed=seed,
+        desc="membership scores", progress=progress,
+    )  # fmt: skip
+    n = len(data)
+    probs = out.get("probs", np.empty((n, model.num_classes), dtype=np.float32))
+    loss = out.get("loss", np.empty(n, dtype=np.float64))
     return ModelOutputs(probs=probs, loss=loss, labels=labels)
 
 

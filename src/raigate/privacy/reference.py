@@ -24,6 +24,13 @@ digests of the members, non-members and population, the population positions kep
 pool positions each model trained on, the recipe and the seeds. A later audit passes the
 folder back (``--reference DIR``) and skips the training; a manifest that names other data
 is refused.
+
+Under ``torchrun`` the K models are shared out over the ranks
+(:func:`raigate.parallel.map_positions`, one model per batch): model ``i`` is trained by
+rank ``i % N`` from a seed of ``(seed, i)`` alone, so it is the same network whichever rank
+trains it. Its trainer also scores it on the pool, and hands back those scores and its
+weights (safetensors bytes), so every rank ends with all K networks and scores and no rank
+reads another's files; rank 0 alone writes ``OUT/reference/``.
 """
 
 from __future__ import annotations
@@ -41,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from raigate import parallel
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
 from raigate.models.base import Model
@@ -64,6 +71,7 @@ __all__ = [
     "load_reference",
     "query_outputs",
     "reference_attack_scores",
+    "reference_outputs",
     "train_accuracy",
     "train_reference",
 ]
@@ -312,6 +320,9 @@ class ReferenceSet:
     reused: bool
     ledgers: list[Any] = field(default_factory=list)
     """DP recipe, freshly trained: each model's :class:`~raigate.privacy.ledger.Ledger`."""
+    outputs: tuple[np.ndarray, np.ndarray] | None = None
+    """Freshly trained: ``(phi[K, Q, N], p_y[K, Q, N])`` of each model on the pool, computed
+    by the rank that trained it (:func:`query_outputs`), so scoring needs no second pass."""
 
     @property
     def cpu_seconds(self) -> list[float]:
@@ -329,14 +340,19 @@ def train_reference(
     out_dir: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    queries: Literal[1, 2] = 2,
+    batch_size: int = 256,
 ) -> ReferenceSet:
     """Train ``k`` reference models on random halves of ``pool`` (``fraction``: another
     share, to match the audited model's training-set size); with ``out_dir``, save them and
     ``reference.json`` there (see the module docstring). With ``recipe.dp``, each model is a
-    DP-SGD run (:mod:`raigate.privacy.reference_dp`) whose ledger is returned and recorded."""
+    DP-SGD run (:mod:`raigate.privacy.reference_dp`) whose ledger is returned and recorded.
+    Each model's outputs on the pool for ``queries`` (``batch_size`` at a time) are kept in
+    :attr:`ReferenceSet.outputs`. Under ``torchrun`` the models are shared out over the
+    ranks and every rank gets all of them back (module docstring)."""
     from raigate._io import sha256_file, write_atomic
     from raigate.models.base import require_white_box
-    from raigate.models.weights import save_safetensors
+    from raigate.privacy.ledger import Ledger
 
     if k < 2:
         raise ConfigError(f"LiRA and RMIA need at least 2 reference models, got {k}")
@@ -347,40 +363,35 @@ def train_reference(
             f"the reference fraction must lie strictly between 0 and 1, got {fraction}"
         )
     mask = in_out_split(k, len(pool.y), seed, fraction)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    nets: list[nn.Module] = []
-    entries: list[dict[str, Any]] = []
-    ledgers: list[Any] = []
-    for i in tqdm(range(k), desc="reference models", disable=not progress):
-        s = int(np.random.default_rng([seed, 0x2EF, i]).integers(2**31))
-        torch.manual_seed(s)
-        net = _fresh_net(model, recipe)
-        rows = np.flatnonzero(mask[i])
-        t0, c0 = time.perf_counter(), time.process_time()
-        x, y = pool.x[rows], pool.y[rows]
-        ledger = None
-        if recipe.dp is not None:
-            net, ledger = _train_dp(net, model, x, y, recipe, s, device, i)
-            acc = train_accuracy(net, model.transform, x, y, device)
-            ledgers.append(ledger)
-        else:
-            acc = fit_recipe(net, model.transform, x, y, recipe, s, device)
-        entry = {
-            "file": f"ref_{i:03d}.safetensors",
-            "sha256": "",
-            "seed": s,
-            "in_pool": rows.tolist(),
-            "train_accuracy": acc,
-            "cpu_seconds": round(time.process_time() - c0, 3),
-            "seconds": round(time.perf_counter() - t0, 3),
-            "ledger": None if ledger is None else ledger_summary(ledger),
-        }
-        if out is not None:
-            entry["sha256"] = sha256_file(save_safetensors(net, out / entry["file"]))
-        nets.append(net.cpu().eval())
-        entries.append(entry)
+    model.to(device)
+    trained: dict[int, nn.Module] = {}  # the networks this rank trained, by model index
+
+    def train_one(pos: np.ndarray) -> parallel.Arrays:
+        i = int(pos[0])
+        net, arrays = _train_one(model, pool, mask[i], i, recipe, seed, device, queries,
+                                 batch_size)  # fmt: skip
+        trained[i] = net
+        return arrays
+
+    got = parallel.map_positions(
+        k, 1, train_one, stage="reference_models", seed=seed, desc="reference models",
+        progress=progress,
+    )  # fmt: skip
+    ledgers = [Ledger.model_validate(json.loads(str(t))) for t in got["ledger"] if str(t)]
+    weights = [got["weights"][i].tobytes() for i in range(k)]
+    entries = [
+        _ModelEntry(
+            file=f"ref_{i:03d}.safetensors",
+            sha256=hashlib.sha256(weights[i]).hexdigest(),
+            seed=int(got["seed"][i]),
+            in_pool=np.flatnonzero(mask[i]).tolist(),
+            train_accuracy=float(got["train_accuracy"][i]),
+            cpu_seconds=float(got["cpu_seconds"][i]),
+            seconds=float(got["seconds"][i]),
+            ledger=None if not ledgers else ledger_summary(ledgers[i]),
+        )
+        for i in range(k)
+    ]
     manifest = _Manifest(
         architecture=model.spec,
         members=pool.sources["members"],
@@ -391,13 +402,89 @@ def train_reference(
         recipe=recipe,
         init_sha256=sha256_file(recipe.init) if recipe.init else None,
         seed=seed,
-        models=[_ModelEntry(**e) for e in entries],
+        models=entries,
     ).model_dump()
-    if out is not None:
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and parallel.current().main:  # one writer, whatever N
+        out.mkdir(parents=True, exist_ok=True)
+        for entry, payload in zip(entries, weights, strict=True):
+            write_atomic(out / entry.file, payload)
         write_atomic(out / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1) + "\n")
+    nets = [
+        trained[i] if i in trained else _net_from_bytes(model, recipe, weights[i], entries[i])
+        for i in range(k)
+    ]
     return ReferenceSet(
-        nets=nets, in_mask=mask, manifest=manifest, directory=out, reused=False, ledgers=ledgers
-    )
+        nets=nets, in_mask=mask, manifest=manifest, directory=out, reused=False,
+        ledgers=ledgers, outputs=(got["phi"], got["prob"]),
+    )  # fmt: skip
+
+
+def _train_one(
+    model: Model,
+    pool: Pool,
+    rows_in: np.ndarray,
+    i: int,
+    recipe: ReferenceRecipe,
+    seed: int,
+    device: str,
+    queries: int,
+    batch_size: int,
+) -> tuple[nn.Module, parallel.Arrays]:
+    """Reference model ``i``, trained on the pool rows ``rows_in`` marks, and what every rank
+    needs of it: its weights (safetensors bytes), its outputs on the pool, its ledger (DP)
+    and training numbers, each array with one row. The seed comes from ``(seed, i)`` only,
+    never from the rank or the models trained before, so any rank trains the same network."""
+    from safetensors.torch import save
+
+    s = int(np.random.default_rng([seed, 0x2EF, i]).integers(2**31))
+    torch.manual_seed(s)
+    net = _fresh_net(model, recipe)
+    rows = np.flatnonzero(rows_in)
+    t0, c0 = time.perf_counter(), time.process_time()
+    x, y = pool.x[rows], pool.y[rows]
+    ledger = ""
+    if recipe.dp is not None:
+        net, led = _train_dp(net, model, x, y, recipe, s, device, i)
+        acc = train_accuracy(net, model.transform, x, y, device)
+        # JSON's Infinity keeps an infinite epsilon; the check reads the summary back
+        ledger = json.dumps(led.model_dump(mode="python"), allow_nan=True)
+    else:
+        acc = fit_recipe(net, model.transform, x, y, recipe, s, device)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    net.to(device).eval()
+    transform = model.transform.to(device)
+    phi, prob = query_outputs(lambda v: net(transform(v)), pool, queries=queries,
+                              batch_size=batch_size, device=device)  # fmt: skip
+    net.cpu()
+    state = {key: v.detach().cpu().contiguous() for key, v in net.state_dict().items()}
+    return net, {
+        "seed": np.asarray([s], dtype=np.int64),
+        "train_accuracy": np.asarray([acc], dtype=np.float64),
+        "cpu_seconds": np.asarray([round(cpu, 3)]),
+        "seconds": np.asarray([round(wall, 3)]),
+        "ledger": np.asarray([ledger]),
+        "weights": np.frombuffer(save(state), dtype=np.uint8)[None],
+        "phi": phi[None],
+        "prob": prob[None],
+    }
+
+
+def _net_from_bytes(
+    model: Model, recipe: ReferenceRecipe, payload: bytes, entry: _ModelEntry
+) -> nn.Module:
+    """A reference network another rank trained, rebuilt from its safetensors bytes as
+    :func:`load_reference` rebuilds a saved one (BatchNorm changed as its ledger says)."""
+    from safetensors.torch import load
+
+    from raigate.models.weights import apply_state_dict
+    from raigate.privacy.fold import rebuild
+
+    net = _fresh_net(model, recipe.model_copy(update={"init": None}))
+    if entry.ledger is not None:
+        net, _ = rebuild(net.eval(), entry.ledger["batchnorm"])
+    apply_state_dict(net, load(payload), source=entry.file)
+    return net.eval()
 
 
 def _train_dp(
@@ -480,6 +567,19 @@ def load_reference(
 
 
 @torch.no_grad()
+def _query_batch(forward: Any, x: Tensor, y: Tensor, queries: int) -> tuple[Tensor, Tensor]:
+    """``(phi[Q, B], p_y[Q, B])`` of one batch: the image and (``queries == 2``) its mirror."""
+    from raigate.privacy.lira import scaled_logit
+
+    phi, prob = [], []
+    for q in range(queries):
+        logits = forward(x.flip(-1) if q == 1 else x).double()
+        phi.append(scaled_logit(logits, y).cpu())
+        prob.append(logits.softmax(1).gather(1, y[:, None]).squeeze(1).cpu())
+    return torch.stack(phi), torch.stack(prob)
+
+
+@torch.no_grad()
 def query_outputs(
     forward: Any,
     pool: Pool,
@@ -489,21 +589,56 @@ def query_outputs(
     device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(phi[Q, N], p_y[Q, N])`` of one network on every pool example, for the plain image
-    and (``queries == 2``) its mirror."""
-    from raigate.privacy.lira import scaled_logit
-
-    n = len(pool.y)
-    phi = np.empty((queries, n))
-    prob = np.empty((queries, n))
-    for i in range(0, n, batch_size):
+    and (``queries == 2``) its mirror, in this process (one network is one unit of work)."""
+    parts = []
+    for i in range(0, len(pool.y), batch_size):
         x, y = pool.x[i : i + batch_size].to(device), pool.y[i : i + batch_size].to(device)
-        for q in range(queries):
-            logits = forward(x.flip(-1) if q == 1 else x).double()
-            phi[q, i : i + len(y)] = scaled_logit(logits, y).cpu().numpy()
-            prob[q, i : i + len(y)] = (
-                logits.softmax(1).gather(1, y[:, None]).squeeze(1).cpu().numpy()
-            )
-    return phi, prob
+        parts.append(_query_batch(forward, x, y, queries))
+    return torch.cat([p[0] for p in parts], 1).numpy(), torch.cat([p[1] for p in parts], 1).numpy()
+
+
+def _target_outputs(
+    model: Model, pool: Pool, *, queries: int, batch_size: int, device: str, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`query_outputs` of the audited model, its pool batches shared out over the
+    ranks (:func:`raigate.parallel.map_positions`): the same batches, so the same bits."""
+
+    def one(pos: np.ndarray) -> parallel.Arrays:
+        x, y = pool.x[pos].to(device), pool.y[pos].to(device)
+        phi, prob = _query_batch(model.logits, x, y, queries)
+        return {"phi": phi.T.numpy(), "prob": prob.T.numpy()}  # positions first
+
+    got = parallel.map_positions(len(pool.y), batch_size, one, stage="target_queries", seed=seed)
+    return got["phi"].T.copy(), got["prob"].T.copy()
+
+
+def reference_outputs(
+    model: Model,
+    pool: Pool,
+    refs: ReferenceSet,
+    *,
+    queries: int,
+    batch_size: int = 256,
+    device: str = "cpu",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(phi[K, Q, N], p_y[K, Q, N])`` of every reference model on the pool: those their
+    trainers recorded (:attr:`ReferenceSet.outputs`, the first ``queries``), or, for reloaded
+    models, one pass per model with the models shared out over the ranks."""
+    if refs.outputs is not None and refs.outputs[0].shape[1] >= queries:
+        return refs.outputs[0][:, :queries], refs.outputs[1][:, :queries]
+
+    def one(pos: np.ndarray) -> parallel.Arrays:
+        net = refs.nets[int(pos[0])].to(device)
+        try:
+            phi, prob = query_outputs(lambda x: net(model.transform(x)), pool, queries=queries,
+                                      batch_size=batch_size, device=device)  # fmt: skip
+        finally:
+            net.cpu()
+        return {"phi": phi[None], "prob": prob[None]}
+
+    got = parallel.map_positions(len(refs.nets), 1, one, stage="reference_queries", seed=seed)
+    return got["phi"], got["prob"]
 
 
 def reference_attack_scores(
@@ -519,22 +654,18 @@ def reference_attack_scores(
     rmia_gamma: float = 1.0,
     batch_size: int = 256,
     device: str = "cpu",
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Scores over the whole pool (targets first) of each of ``attacks`` among
     ``lira_online``, ``lira_offline`` and ``rmia`` (:mod:`raigate.privacy.lira`), from one
-    pass of the audited model and of every reference model over the pool."""
+    pass of the audited model and of every reference model over the pool (passes shared
+    out over the ranks of a ``torchrun`` world; every rank gets every score)."""
     from raigate.privacy import lira
 
-    kw = {"queries": queries, "batch_size": batch_size, "device": device}
+    kw = {"queries": queries, "batch_size": batch_size, "device": device, "seed": seed}
     model.to(device)
-    t_phi, t_p = query_outputs(model.logits, pool, **kw)  # type: ignore[arg-type]
-    outs = []
-    for net in refs.nets:
-        net.to(device)
-        outs.append(query_outputs(lambda x, n=net: n(model.transform(x)), pool, **kw))  # type: ignore[arg-type]
-        net.cpu()
-    r_phi = np.stack([o[0] for o in outs])
-    r_p = np.stack([o[1] for o in outs])
+    t_phi, t_p = _target_outputs(model, pool, **kw)  # type: ignore[arg-type]
+    r_phi, r_p = reference_outputs(model, pool, refs, **kw)  # type: ignore[arg-type]
     mask = refs.in_mask
     scores: dict[str, np.ndarray] = {}
     if "lira_online" in attacks:

@@ -188,7 +188,9 @@ def train_dp_model(
 ) -> tuple[nn.Module, Any]:
     """Train ``net`` (the audited model's starting point) on ``(x, y)`` with DP-SGD at the
     recipe ``dp`` and ``seed``; returns the trained network (BatchNorm folded or replaced as
-    the recipe says) and its :class:`~raigate.privacy.ledger.Ledger`."""
+    the recipe says) and its :class:`~raigate.privacy.ledger.Ledger`. The run is this
+    process's alone (:func:`raigate.privacy.distributed.alone`), whatever the world size."""
+    from raigate.privacy.distributed import alone
     from raigate.privacy.params import DPParams
     from raigate.privacy.setup import norm_values
     from raigate.privacy.train import run_private_training
@@ -196,7 +198,9 @@ def train_dp_model(
     mean, std = norm_values(model)
     fields = {**dp, "batchnorm": "auto" if dp.get("batchnorm") == "none" else dp["batchnorm"]}
     params = DPParams.build(**fields, seed=seed, device=device, progress=False)
-    with warnings.catch_warnings():
+    # alone: under torchrun each rank trains its own reference models (raigate.parallel), so
+    # a model is one process's run, never a DPDDP run that waits for ranks busy elsewhere
+    with warnings.catch_warnings(), alone():
         # Opacus' notices (secure RNG, full backward hooks) say nothing about this recipe
         warnings.simplefilter("ignore")
         run = run_private_training(
