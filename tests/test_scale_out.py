@@ -60,6 +60,15 @@ batch_size = 4
 smoothgrad_samples = 4
 curve_steps = 5
 infidelity_perturbations = 4
+[checks.privacy]
+members = "demo:train"
+members_limit = 24
+attacks = ["loss", "lira_offline"]
+population = "demo:train"
+population_sample = 32
+reference_models = 3
+reference_epochs = 1
+batch_size = 8
 """
 
 
@@ -78,14 +87,16 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp
 
 
+RUN_METADATA = {"timing_s", "created_at", "environment", "directory"}
+"""What may differ between two runs of one plan: timings, the clock, the run's environment
+(threads, world size, devices) and where the out folder is (two runs, two folders)."""
+
+
 def comparable(obj: Any) -> Any:
-    """A report without what may differ between runs: timings and the run's environment
-    (threads, world size, devices)."""
+    """A report without the run's metadata (:data:`RUN_METADATA`, any ``*seconds*``)."""
     if isinstance(obj, dict):
         return {
-            k: comparable(v)
-            for k, v in obj.items()
-            if k not in {"timing_s", "environment", "seconds", "created_at"}
+            k: comparable(v) for k, v in obj.items() if k not in RUN_METADATA and "seconds" not in k
         }
     if isinstance(obj, list):
         return [comparable(v) for v in obj]
@@ -107,7 +118,7 @@ def test_two_processes_write_the_single_process_report(work: Path) -> None:
     two = cli("audit", str(work / "plan.toml"), "--out", str(work / "two"), "--nproc", "2")
     assert two.returncode == 0, two.stdout + two.stderr
     assert "audit: 2 processes (gloo), devices cpu, cpu" in two.stdout
-    assert two.stdout.count("[1/4] evaluate …") == 1  # rank 0 alone speaks
+    assert two.stdout.count("[1/5] evaluate …") == 1  # rank 0 alone speaks
     r1 = json.loads((work / "one" / "report.json").read_text())
     r2 = json.loads((work / "two" / "report.json").read_text())
     assert r2["environment"]["distributed"] == {
@@ -186,17 +197,19 @@ def test_sigkill_in_certify_then_resume_gives_the_same_result(work: Path) -> Non
 
 def test_corrupt_progress_is_refused_with_exit_2(work: Path) -> None:
     out = work / "corrupt"
-    res = runner.invoke(app, ["audit", str(work / "plan.toml"), "--out", str(out)])
+    plan = work / "evaluate.toml"
+    plan.write_text(PLAN[: PLAN.index("[checks.fairness]")])
+    res = runner.invoke(app, ["audit", str(plan), "--out", str(out)])
     assert res.exit_code == 0, res.output
     # a run that died after its first batch: fake it from the finished bundle's layout
     batch = out / ".progress" / "evaluate" / "evaluate" / "b000000.npz"
     batch.parent.mkdir(parents=True)
     batch.write_bytes(b"PK\x03\x04 not a zip")
-    res = runner.invoke(app, ["audit", str(work / "plan.toml"), "--out", str(out), "--resume"])
+    res = runner.invoke(app, ["audit", str(plan), "--out", str(out), "--resume"])
     assert res.exit_code == 2, res.output
     assert "b000000.npz: corrupt progress file" in res.output
     assert "Traceback" not in res.output
     # without --resume the stale progress is simply removed
-    res = runner.invoke(app, ["audit", str(work / "plan.toml"), "--out", str(out)])
+    res = runner.invoke(app, ["audit", str(plan), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert not (out / ".progress").exists()
