@@ -61,6 +61,12 @@ def _dp_resnet() -> list[Benchmark]:
     return dp_resnet.build()
 
 
+def _throughput() -> list[Benchmark]:
+    import throughput
+
+    return throughput.build()
+
+
 def _onnx_forward() -> list[Benchmark]:
     import onnx_forward
 
@@ -77,6 +83,7 @@ BENCHMARKS: dict[str, Callable[[], list[Benchmark]]] = {
     "dp_step": _dp_step,
     "dp_resnet": _dp_resnet,
     "onnx_forward": _onnx_forward,
+    "throughput": _throughput,
 }
 
 

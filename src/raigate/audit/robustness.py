@@ -49,7 +49,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -119,6 +119,7 @@ from raigate.parallel import current, item_seed, map_batches
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.sanity import accuracy_findings
 from raigate.stats import wilson_interval
+from raigate.throughput import Throughput, accelerate, resolve_batch_size
 from raigate.values import Fraction, Seed
 
 NAME = "robustness"
@@ -197,7 +198,13 @@ class RobustnessParams(BaseModel):
     )
     label_map: dict[str, str] | None = None
     batch_size: int = Field(128, gt=0, description="images per attack batch")
-    smoothing_batch_size: int = Field(1000, gt=0, description="noisy images per forward pass")
+    smoothing_batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        1000, description='noisy images per forward pass; "auto": measured (raigate.throughput)'
+    )
+    # throughput of the base model's forward passes (raigate.throughput); off: fp32 eager
+    channels_last: bool = Field(False, description="inputs in channels-last memory order")
+    compile: bool = Field(False, description="torch.compile the base model (inductor)")
+    bf16: bool = Field(False, description="bfloat16 autocast (CUDA, or a CPU with native bf16)")
     workers: int = Field(0, ge=0)
     device: str = "cpu"
     seed: Seed = 0
@@ -699,13 +706,16 @@ def run(
     model.to(p.device)
     smoothed = None
     f = model
-    targets: list[tuple[str, Model]] = [("base", model)]
+    fast = accelerate(model, Throughput.of(p), device=p.device)
+    targets: list[tuple[str, Model]] = [("base", fast)]
     if p.smoothing_sigma is not None:
         f = _smoothing_base(model, data, p, smoothing_base)
         f.to(p.device)
+        fast_f = fast if f is model else accelerate(f, Throughput.of(p), device=p.device)
+        noise_batch = resolve_batch_size(p.smoothing_batch_size, fast_f, device=p.device)
         smoothed = SmoothedClassifier(
-            f, p.smoothing_sigma, eot_samples=p.eot_samples,
-            batch_size=p.smoothing_batch_size, seed=p.seed,
+            fast_f, p.smoothing_sigma, eot_samples=p.eot_samples,
+            batch_size=noise_batch.size, seed=p.seed,
         )  # fmt: skip
         targets.append(("smoothed", smoothed))
     say(_estimate(p, n))
@@ -792,6 +802,7 @@ def run(
             "definitions": _definitions(p, model.mode),
             "interval": "Wilson score, 95%",
             "gates": gate_params(p.min_robust_accuracy, p.min_certified_accuracy, p.gate_alpha),
+            **({"smoothing_batch": noise_batch.as_dict()} if smoothed is not None else {}),
         },
         metrics=metrics,
         findings=[*findings, *gate_found],
@@ -943,7 +954,7 @@ def _certify(
     draws = k * (p.certify_n0 + p.certify_n)
     say(
         f"certify: {k} images x ({p.certify_n0:,} selection + {p.certify_n:,} estimation noise "
-        f"draws) = {draws:,} forward passes of the base model, {p.smoothing_batch_size} per batch"
+        f"draws) = {draws:,} forward passes of the base model, {sm.batch_size} per batch"
     )
 
     def certify_batch(x: torch.Tensor, y: torch.Tensor, pos: np.ndarray) -> dict[str, np.ndarray]:

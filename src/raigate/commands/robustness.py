@@ -71,6 +71,18 @@ def _floats(text: str, flag: str) -> list[float]:
     return list(values)
 
 
+def _batch_size(text: str) -> int | str:
+    """``--smoothing-batch-size``: a positive integer or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(
+            f"--smoothing-batch-size must be a positive integer or auto, got {text!r}"
+        ) from None
+
+
 def _rules(texts: list[str] | None, cls: type, flag: str) -> list[Any]:
     """Each ``--min-...`` value parsed by the rule's own ``from_text`` (the plan accepts the
     same strings), a bad one named with its flag."""
@@ -205,8 +217,35 @@ def robustness_cmd(
     seed: SeedOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="images per attack batch")] = 128,
     smoothing_batch_size: Annotated[
-        int, typer.Option("--smoothing-batch-size", help="noisy images per forward pass")
-    ] = 1000,
+        str,
+        typer.Option(
+            "--smoothing-batch-size",
+            help="noisy images per forward pass, or auto: the largest power of two that fits "
+            "a quarter of the free memory (measured; recorded in the result)",
+        ),
+    ] = "1000",
+    channels_last: Annotated[
+        bool,
+        typer.Option(
+            "--channels-last", help="run the base model on channels-last (NHWC) input batches"
+        ),
+    ] = False,
+    compile_model: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the base model for attacks and smoothing (needs a C++ "
+            "compiler on CPU, Triton on CUDA)",
+        ),
+    ] = False,
+    bf16: Annotated[
+        bool,
+        typer.Option(
+            "--bf16",
+            help="bfloat16 autocast for attacks and smoothing (CUDA, or a CPU with native "
+            "bf16); certificates then hold for the bf16 base model",
+        ),
+    ] = False,
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers")] = 0,
     label_map: LabelMapOpt = None,
     trust_code: TrustCodeOpt = False,
@@ -259,7 +298,10 @@ def robustness_cmd(
         gate_alpha=gate_alpha,
         label_map=read_label_map(label_map),
         batch_size=batch_size,
-        smoothing_batch_size=smoothing_batch_size,
+        smoothing_batch_size=_batch_size(smoothing_batch_size),
+        channels_last=channels_last,
+        compile=compile_model,
+        bf16=bf16,
         workers=workers,
         device=resolve_device(device),
         seed=seed,
