@@ -495,5 +495,24 @@ def resolve_batch_size(
 ) -> BatchChoice:
     """``value`` as a :class:`BatchChoice`: autotuned for ``"auto"``, else as given."""
     if value == "auto":
-        return autotune_batch_size(model, device=device)
+        return _agree(autotune_batch_size(model, device=device))
     return BatchChoice(int(value), "given")
+
+
+def _agree(choice: BatchChoice) -> BatchChoice:
+    """Under torchrun every rank must cut the noise the same way (the fixed batches and
+    each image's noise stream depend on it): the smallest size any rank chose, which fits
+    every rank's memory."""
+    from dataclasses import replace
+
+    from raigate.parallel import current
+
+    world = current()
+    if world.size == 1:
+        return choice
+    sizes = [int(t) for t in world.all_gather_text(str(choice.size))]
+    if min(sizes) == choice.size:
+        return choice
+    return replace(
+        choice, size=min(sizes), how=f"{choice.how}; smallest over {world.size} processes"
+    )

@@ -974,7 +974,7 @@ def _certify(
 
     # as many images per batch as share one noise batch (one at n = 100,000): a killed
     # run redoes at most that much per process (raigate.parallel progress)
-    per_batch = max(1, p.smoothing_batch_size // max(p.certify_n0, p.certify_n))
+    per_batch = max(1, sm.batch_size // max(p.certify_n0, p.certify_n))
     got = map_batches(
         subset, per_batch, certify_batch, stage="certify", seed=p.seed,
         workers=p.workers, desc="certify", progress=p.progress,
