@@ -6,6 +6,7 @@ gloo processes on CPU) and a ``raigate audit`` subprocess killed from outside.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -162,29 +163,60 @@ smoothing_batch_size = 4000
 """  # one image per certify batch (4000 draws), a fraction of a second each
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # the command name may hold spaces: the parent pid follows the last ")"
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigkill_in_certify_then_resume_gives_the_same_result(work: Path) -> None:
+    """``--nproc 2`` killed with SIGKILL in the middle of CERTIFY: its workers end with it
+    (they would go on writing), and ``--resume`` (here in one process: batches do not
+    depend on the number of processes) loads every finished batch and gives the result of
+    an uninterrupted run."""
     (work / "slow.toml").write_text(SLOW)
     torch.set_num_threads(1)
     ref = runner.invoke(app, ["audit", str(work / "slow.toml"), "--out", str(work / "ref")])
     assert ref.exit_code == 0, ref.output
     out = work / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = ["audit", str(work / "slow.toml"), "--out", str(out), "--nproc", "2"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "raigate", "audit", str(work / "slow.toml"), "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        [sys.executable, "-m", "raigate", *cmd], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
     )  # fmt: skip
     certify = out / ".progress" / "robustness" / "certify"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(list(certify.glob("b*.npz"))) < 3:
         assert proc.poll() is None, "the audit ended before it could be killed"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGKILL)  # the launcher only, as `kill -9 PID` would
     proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.05)
+    assert not any(alive(w) for w in workers), "workers outlived their launcher"
     done = sorted(certify.glob("b*.npz"))
     kept = list((out / ".progress" / "robustness").rglob("b*.npz"))  # attacks + certify
     assert 3 <= len(done) < 10, "killed in the middle of CERTIFY"
     assert not (out / "report.json").exists()
-    # resumed: every finished batch is loaded (the one being computed is redone)
+    # resumed: every finished batch is loaded (each rank redoes the one it was in)
     res = runner.invoke(app, ["audit", str(work / "slow.toml"), "--out", str(out), "--resume"])
     assert res.exit_code == 0, res.output
     robust = [ln for ln in res.output.splitlines() if ln.startswith("[1/1] robustness:")]
@@ -193,6 +225,18 @@ def test_sigkill_in_certify_then_resume_gives_the_same_result(work: Path) -> Non
     want = json.loads((work / "ref" / "checks" / "robustness" / "result.json").read_text())
     assert comparable(got) == comparable(want)
     assert not (out / ".progress").exists()
+
+
+def test_a_second_audit_into_a_busy_folder_exits_2(work: Path) -> None:
+    from raigate._io import folder_lock
+
+    out = work / "busy"
+    out.mkdir()
+    with folder_lock(out):  # another audit writing it
+        res = runner.invoke(app, ["audit", str(work / "slow.toml"), "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "another raigate audit is writing this folder" in res.output
+    assert sorted(out.iterdir()) == []  # nothing touched
 
 
 def test_corrupt_progress_is_refused_with_exit_2(work: Path) -> None:

@@ -106,3 +106,29 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str = "raigate audit") -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``folder`` while the block runs, or
+    raise a ConfigError at once when another process holds it: two audits writing one
+    ``--out`` (or a resumed run racing the workers of a killed one that still run) would
+    remove and overwrite each other's files. The lock goes with the process, however it
+    ends. Where ``flock`` is unavailable (not POSIX) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"{folder}: another {what} is writing this folder (or the workers of one "
+                "that was killed still run); wait for it to end, stop it, or give another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -158,6 +158,7 @@ def start(device: str = "cpu") -> tuple[World, str]:
     if size <= 1:
         _WORLD = replace(_ALONE, devices=(device,))
         return _WORLD, device
+    _die_with_launcher()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         torch.cuda.set_device(local)
@@ -173,6 +174,29 @@ def start(device: str = "cpu") -> tuple[World, str]:
     devices = tuple(world.all_gather_text(device))
     _WORLD = replace(world, devices=devices)
     return _WORLD, device
+
+
+def _die_with_launcher() -> None:
+    """Under ``raigate audit --nproc``: end this worker when the launcher ends. torchrun
+    starts each worker in a session of its own, so a launcher killed with SIGKILL (or a
+    closed terminal) would leave the workers computing, and writing, on their own (Linux:
+    ``PR_SET_PDEATHSIG``; elsewhere torchrun's own signal handling is all there is)."""
+    import sys
+
+    launcher = os.environ.get(_LAUNCHER_PID)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != int(launcher):  # it died before the line above
+        os._exit(137)
+
+
+_LAUNCHER_PID = "RAIGATE_LAUNCHER_PID"
 
 
 def launch(nproc: int, argv: list[str], *, threads: int | None = None) -> tuple[int, str]:
@@ -193,7 +217,11 @@ def launch(nproc: int, argv: list[str], *, threads: int | None = None) -> tuple[
 
     per = threads or max(1, (os.cpu_count() or 1) // nproc)
     with tempfile.TemporaryDirectory(prefix="raigate-launch-") as status:
-        env = {LAUNCH_STATUS: status, "OMP_NUM_THREADS": str(per)}
+        env = {
+            LAUNCH_STATUS: status,
+            "OMP_NUM_THREADS": str(per),
+            _LAUNCHER_PID: str(os.getpid()),  # the workers' parent: they end with it
+        }
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         quiet = logging.getLogger("torch.distributed")

@@ -973,8 +973,11 @@ def _certify(
         }
 
     # as many images per batch as share one noise batch (one at n = 100,000): a killed
-    # run redoes at most that much per process (raigate.parallel progress)
-    per_batch = max(1, sm.batch_size // max(p.certify_n0, p.certify_n))
+    # run redoes at most that much per process (raigate.parallel progress). From the plan,
+    # not the autotuned size, which may differ when the run resumes (the votes do not:
+    # each image's noise is its own stream, however it is cut into batches)
+    planned = p.smoothing_batch_size if isinstance(p.smoothing_batch_size, int) else 1024
+    per_batch = max(1, planned // max(p.certify_n0, p.certify_n))
     got = map_batches(
         subset, per_batch, certify_batch, stage="certify", seed=p.seed,
         workers=p.workers, desc="certify", progress=p.progress,

@@ -11,6 +11,7 @@ rules (its folder, subjects, signing, verification) are in :mod:`raigate.reports
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -85,15 +86,46 @@ def run_audit(
     per-image work of each check is split across them (:mod:`raigate.parallel`), each
     aggregates the same gathered results, and rank 0 alone prints, writes and signs.
     Each finished batch is kept in ``OUT/.progress`` until the bundle is written;
-    ``resume`` loads the batches a killed run of the same plan, models and data finished."""
+    ``resume`` loads the batches a killed run of the same plan, models and data finished.
+    Rank 0 holds a lock on ``out_dir`` throughout: a second audit into it exits 2."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    world, device = parallel.start(device)
+    with contextlib.ExitStack() as stack:
+        if world.main:  # one writer per folder, for the whole run
+            _lock(out, stack)
+        return _run(plan, out, world, device, key, fail_on, progress, echo, resume, start)
+
+
+def _lock(out: Path, stack: contextlib.ExitStack) -> None:
+    """Lock ``out`` (made if new) against another audit writing it; a path that cannot be
+    a folder is left to prepare_out_dir's errors."""
+    from raigate._io import folder_lock
+
+    with contextlib.suppress(OSError):
+        out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        stack.enter_context(folder_lock(out))
+
+
+def _run(
+    plan: AuditPlan,
+    out: Path,
+    world: parallel.World,
+    device: str,
+    key: str | Path | None,
+    fail_on: str | None,
+    progress: bool,
+    echo: Callable[[str], None],
+    resume: bool,
+    start: float,
+) -> AuditOutcome:
+    """run_audit's work, on every rank (rank 0 holding the folder's lock)."""
     from raigate.data import load_data
     from raigate.models import load_model
     from raigate.models.base import Model
     from raigate.reports.attest import load_private_key
 
-    start = time.perf_counter()
-    out = Path(out_dir)
-    world, device = parallel.start(device)
     if world.main:
         prepare_out_dir(out, keep_progress=resume)  # first: no old report stays behind
     else:
@@ -240,6 +272,9 @@ def _run_check(
     if scratch is None:
         result.write(check_dir)
     reused = sum(scope.reused.values()) if scope is not None else 0
+    world = parallel.current()
+    if world.size > 1:  # every rank's, not rank 0's alone
+        reused = sum(int(t) for t in world.all_gather_text(str(reused)))
     scope_text = f"; {result.verdict_scope}" if result.verdict_scope else ""
     if result.mode == "black-box":
         scope_text += "; black-box"

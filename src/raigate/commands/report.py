@@ -3,6 +3,7 @@ and the CI gate."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -93,7 +94,10 @@ def audit_cmd(
             f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); drop --nproc"
         )
     if os.environ.get("RANK", "0") == "0":  # before the plan is read: no old report survives
-        prepare_out_dir(out, create=False, keep_progress=resume)
+        from raigate._io import folder_lock
+
+        with folder_lock(out) if out.is_dir() else contextlib.nullcontext():
+            prepare_out_dir(out, create=False, keep_progress=resume)
     loaded = load_plan(plan)
     if trust_code:
         loaded = loaded.model_copy(update={"trust_code": True})
