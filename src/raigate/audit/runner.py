@@ -279,7 +279,9 @@ def _run_check(
     if result.mode == "black-box":
         scope_text += "; black-box"
     if reused:
-        scope_text += f"; {reused} batches resumed from {parallel.PROGRESS}"
+        scope_text += (
+            f"; {reused} batch{'es' if reused > 1 else ''} resumed from {parallel.PROGRESS}"
+        )
     echo(f"[{i}/{total}] {label}: {result.verdict}{scope_text} ({time.perf_counter() - t0:.1f}s)")
     return result
 
