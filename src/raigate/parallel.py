@@ -161,6 +161,15 @@ def start(device: str = "cpu") -> tuple[World, str]:
     _die_with_launcher()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
+        have = torch.cuda.device_count()
+        if local >= have:
+            from raigate.errors import ConfigError
+
+            raise ConfigError(
+                f"local rank {local} has no GPU of its own: this machine has {have} CUDA "
+                f"device(s); run at most {have} processes per machine (--nproc, "
+                "--nproc-per-node), or --device cpu"
+            )
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     if not dist.is_initialized():
