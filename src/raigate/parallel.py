@@ -154,7 +154,8 @@ def start(device: str = "cpu") -> tuple[World, str]:
     global _WORLD
     import torch.distributed as dist
 
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    joined = dist.is_available() and dist.is_initialized()  # e.g. by the caller, by hand
+    size = dist.get_world_size() if joined else int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         _WORLD = replace(_ALONE, devices=(device,))
         return _WORLD, device
@@ -172,7 +173,7 @@ def start(device: str = "cpu") -> tuple[World, str]:
             )
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    if not dist.is_initialized():
+    if not joined:
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     world = World(
         rank=dist.get_rank(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,22 +29,19 @@ def alone() -> Iterator[None]:
 
 
 def start(device: str) -> tuple[int, int, bool]:
-    """(rank, world size, whether we started the process group). torchrun sets WORLD_SIZE.
-    Inside :func:`alone`: ``(0, 1, False)``, this process by itself."""
+    """(rank, world size, whether we started the process group). torchrun sets WORLD_SIZE;
+    the group is joined as every raigate command joins it (:func:`raigate.parallel.start`:
+    gloo on CPU, NCCL with one GPU per local rank). Inside :func:`alone`: ``(0, 1,
+    False)``, this process by itself."""
     import torch.distributed as dist
+
+    from raigate import parallel
 
     if _ALONE.get():
         return 0, 1, False
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend=backend)
-    if device.startswith("cuda"):
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return dist.get_rank(), dist.get_world_size(), True
+    joined = dist.is_available() and dist.is_initialized()
+    world, _ = parallel.start(device)
+    return world.rank, world.size, world.size > 1 and not joined
 
 
 def _flat_params(net: nn.Module) -> Tensor:
