@@ -132,7 +132,8 @@ def _run(
         echo = _quiet  # rank 0 speaks for the run
         if world.local_rank == 0 and not resume:
             parallel.remove_progress(out)  # another machine's stale batches
-    private_key = load_private_key(key) if key is not None else None  # fail before work
+    # fail before work; rank 0 alone signs, so only its machine needs the key file
+    private_key = load_private_key(key) if key is not None and world.main else None
     instances = plan.check_instances()
     if world.main:  # announce the check folders
         prepare_out_dir(out, [inst.name for inst in instances], keep_progress=resume)
