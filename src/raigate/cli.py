@@ -35,6 +35,7 @@ from raigate.cli_common import (
     TaskOpt,
     TrustCodeOpt,
     WeightsOpt,
+    add_exit_codes,
     format_table,
     handle_errors,
     load_model_from_options,
@@ -53,11 +54,13 @@ app = typer.Typer(
     help="Audit an image model for bias, robustness, privacy and explanation quality.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode=None,  # plain click help: option names are never cut at 80 columns
     add_completion=False,
 )
-models_app = typer.Typer(help="Inspect model specs and write spec files.", no_args_is_help=True)
-data_app = typer.Typer(help="Inspect data specs.", no_args_is_help=True)
+models_app = typer.Typer(
+    rich_markup_mode=None, help="Inspect model specs and write spec files.", no_args_is_help=True
+)
+data_app = typer.Typer(rich_markup_mode=None, help="Inspect data specs.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 
@@ -108,8 +111,7 @@ def models_spec(
     """Write a model spec JSON (architecture, weights pinned by sha256, classes, input
     shape, normalization, deployed preprocessing) that every command and audit plan takes
     as `--model model.json` / `spec = "model.json"`. The model is built and loaded from the
-    written spec before it is kept, so a spec that would not load is never left behind.
-    Exit 0 when written, 2 on bad input."""
+    written spec before it is kept, so a spec that would not load is never left behind."""
     import json
     import os
 
@@ -406,6 +408,7 @@ def demo_cmd(
 
 
 register_commands(app)
+add_exit_codes(app)  # last: every command is registered
 
 
 def main(argv: Sequence[str] | None = None) -> None:

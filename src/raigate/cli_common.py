@@ -143,6 +143,7 @@ def harden_group(app: typer.Typer) -> typer.Typer:
         if group.name == "harden" and group.typer_instance is not None:
             return group.typer_instance
     harden = typer.Typer(
+        rich_markup_mode=None,
         help="Retrain or post-process a model with a defense and save it as a model spec.",
         no_args_is_help=True,
     )
@@ -389,3 +390,46 @@ def load_model_from_options(
             err=True,
         )
     return model
+
+
+# -- exit codes in every command's help -----------------------------------------------------
+EXIT_ONE: dict[str, str | None] = {
+    "evaluate": "a gate failed (--min-accuracy)",
+    "demo": None,  # the demo prints its audit's verdict; it does not gate
+    "audit": "a gate reached --fail-on",
+    "verify": "the bundle does not verify (the first failing file is named)",
+    "robustness": "a gate failed (--min-robust-accuracy, --min-certified-accuracy)",
+    "fairness": "a gate failed",
+    "explain": "a method's maps do not depend on the model's weights (sanity check)",
+    "models spec": None,
+    "models inspect": None,
+    "data inspect": None,
+    "keys generate": None,
+    "harden smoothing": None,
+    "harden fairness": None,
+    "privacy train": "a finding failed (the [FAIL] lines say which)",
+    "privacy audit": "a gate failed (measured leakage above the claim)",
+    "privacy check-sampler": "the accountant would not cover the sampler",
+}
+"""What exit 1 means per command (None: never exits 1). Every command must be listed
+(tests/test_cli_help.py), so its help always says how it exits."""
+
+
+def exit_codes_text(path: str) -> str:
+    """The sentence every command's help ends with."""
+    one = EXIT_ONE[path]
+    codes = ["0 done" if one is None else "0 every gate passed", *([f"1 {one}"] if one else [])]
+    return "Exit codes: " + ", ".join([*codes, "2 bad input", "3 internal error"]) + "."
+
+
+def add_exit_codes(app: typer.Typer, prefix: str = "") -> None:
+    """Append :func:`exit_codes_text` to the help of every command of ``app`` (and of its
+    groups): one table, so no command's help lacks it or words it differently."""
+    import inspect
+
+    for info in app.registered_commands:
+        path = f"{prefix}{info.name}"
+        doc = info.help or inspect.getdoc(info.callback) or ""
+        info.help = f"{doc.rstrip()}\n\n{exit_codes_text(path)}"
+    for group in app.registered_groups:
+        add_exit_codes(group.typer_instance, f"{prefix}{group.name} ")

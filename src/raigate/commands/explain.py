@@ -127,8 +127,7 @@ def explain_cmd(
     device: DeviceOpt = "auto",
 ) -> None:
     """Attribution maps (Captum) checked for faithfulness (deletion/insertion vs random,
-    infidelity, sensitivity) and sanity (cascading weight randomization); exit 1 when a
-    method's maps do not depend on the model's weights."""
+    infidelity, sensitivity) and sanity (cascading weight randomization)."""
     from raigate.audit import explanations
     from raigate.data import load_data
 

@@ -110,7 +110,7 @@ def fairness_cmd(
 ) -> None:
     """Per-group and intersectional accuracy, selection rates, TPR/FPR and disparities with
     stratified-bootstrap intervals; gates fail only when the whole interval is beyond the
-    threshold. Exit 0: no gate failed, 1: a gate failed, 2: bad input."""
+    threshold."""
     from raigate.audit import fairness
     from raigate.data import load_data
 

@@ -43,6 +43,7 @@ from raigate.errors import ConfigError, GateFailed
 __all__ = ["audit_cmd", "check_sampler_cmd", "register", "train_cmd"]
 
 privacy_app = typer.Typer(
+    rich_markup_mode=None,
     help="DP-SGD retraining to a target epsilon, and measured membership leakage.",
     no_args_is_help=True,
 )
@@ -541,7 +542,7 @@ def check_sampler_cmd(
 ) -> None:
     """Would an Opacus accountant charging q = batch/N cover a WeightedRandomSampler with
     these weights? Prints the true per-example rate of the heaviest example against q, and
-    the rate Opacus' make_private would charge (opacus#813); exit 1: it would not."""
+    the rate Opacus' make_private would charge (opacus#813)."""
     from raigate.privacy.sampler import check_weighted, read_weights
 
     report = check_weighted(

@@ -20,7 +20,9 @@ from raigate.cli_common import (
 from raigate.errors import ConfigError, GateFailed
 
 keys_app = typer.Typer(
-    help="Create the Ed25519 key pair that signs audit reports.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Create the Ed25519 key pair that signs audit reports.",
+    no_args_is_help=True,
 )
 
 
@@ -75,8 +77,7 @@ def audit_cmd(
     ] = False,
 ) -> None:
     """Run an audit plan and write report.json, report.html, model-card.md, junit.xml and
-    (with --key) a signed attestation. Exit 0 when every gate passes, 1 when one fails,
-    2 on bad input, 3 on an internal error.
+    (with --key) a signed attestation.
     --out must be new, empty or a bundle of an earlier run, which is emptied first (with
     --resume, all but its .progress). --nproc N runs N processes with torchrun; on several
     machines run `torchrun --nnodes M --nproc-per-node N -m raigate audit ...` instead
@@ -214,7 +215,7 @@ def verify_cmd(
 ) -> None:
     """Offline: check the signature, that the folder holds only signed files, every signed
     file's sha256 and every model file's (found relative to the plan's folder or
-    --model-root). Exit 0 only when all hold; 1 names the first file that does not."""
+    --model-root)."""
     from raigate.audit.runner import verify_bundle
     from raigate.reports.attest import MODEL_PREFIX
 
