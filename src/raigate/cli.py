@@ -360,7 +360,11 @@ def demo_cmd(
     ),
     key: Annotated[
         Path | None,
-        typer.Option("--key", help="Ed25519 private key to sign with (default: a throwaway pair)"),
+        typer.Option(
+            "--key",
+            help="private key to sign with, Ed25519 or EC P-256 (default: a throwaway Ed25519 "
+            "pair)",
+        ),
     ] = None,
     epochs: Annotated[
         int, typer.Option("--epochs", min=1, help="training epochs for the demo model")

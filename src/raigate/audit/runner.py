@@ -211,7 +211,7 @@ def _run(
     _write_bundle(report, out, plan, data.manifest.to_dict())
     signed = private_key is not None
     if private_key is not None:
-        sign_bundle(out, report, private_key, plan_dir=plan_folder(plan))
+        sign_bundle(out, report, private_key, plan_dir=plan_folder(plan), key_path=key)
     return AuditOutcome(
         report=report, out_dir=out, signed=signed, seconds=time.perf_counter() - start
     )

@@ -21,7 +21,8 @@ from raigate.errors import ConfigError, GateFailed
 
 keys_app = typer.Typer(
     rich_markup_mode=None,
-    help="Create the Ed25519 key pair that signs audit reports.",
+    help="Create the key pair that signs audit reports (Ed25519, or EC P-256 that also signs "
+    "the model with OpenSSF model signing).",
     no_args_is_help=True,
 )
 
@@ -31,12 +32,22 @@ keys_app = typer.Typer(
 def keys_generate(
     out: Annotated[Path, typer.Option("--out", help="folder for raigate.key and raigate.pub")],
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing key pair")] = False,
+    key_type: Annotated[
+        Literal["ed25519", "ec"],
+        typer.Option(
+            "--type",
+            help="ed25519 (default) signs the report; ec (P-256) signs the report and, with "
+            "OpenSSF model signing, the audited model's files (model.sig)",
+        ),
+    ] = "ed25519",
 ) -> None:
-    """Write raigate.key (private, mode 0600; never put it in a report) and raigate.pub."""
+    """Write raigate.key (private PKCS#8 PEM, mode 0600; never put it in a report) and
+    raigate.pub (SPKI PEM)."""
     from raigate.reports.attest import generate_keys, key_id, load_public_key
 
-    priv, pub = generate_keys(out, overwrite=force)
-    typer.echo(f"wrote {priv} (private, mode 0600: keep it secret, e.g. a CI secret)")
+    priv, pub = generate_keys(out, overwrite=force, key_type=key_type)
+    kind = "EC P-256" if key_type == "ec" else "Ed25519"
+    typer.echo(f"wrote {priv} ({kind} private key, mode 0600: keep it secret, e.g. a CI secret)")
     typer.echo(
         f"wrote {pub} (public: give it to whoever verifies; key id "
         f"{key_id(load_public_key(pub))[:16]})"
@@ -48,7 +59,11 @@ def audit_cmd(
     out: Annotated[Path, typer.Option("--out", help="folder for the report bundle")],
     key: Annotated[
         Path | None,
-        typer.Option("--key", help="Ed25519 private key (raigate.key) to sign the report"),
+        typer.Option(
+            "--key",
+            help="private key (raigate.key) to sign the report; an EC P-256 key also signs "
+            "the model's files with OpenSSF model signing (model.sig)",
+        ),
     ] = None,
     fail_on: Annotated[
         Literal["warn", "fail"] | None,
@@ -77,7 +92,8 @@ def audit_cmd(
     ] = False,
 ) -> None:
     """Run an audit plan and write report.json, report.html, model-card.md, junit.xml and
-    (with --key) a signed attestation.
+    (with --key) a signed attestation; with an EC key (keys generate --type ec) also
+    model.sig, the model's OpenSSF model signature.
     --out must be new, empty or a bundle of an earlier run, which is emptied first (with
     --resume, all but its .progress). --nproc N runs N processes with torchrun; on several
     machines run `torchrun --nnodes M --nproc-per-node N -m raigate audit ...` instead
@@ -189,6 +205,8 @@ def print_verdict(outcome: object) -> None:
     out = outcome.out_dir  # type: ignore[attr-defined]
     if outcome.signed:  # type: ignore[attr-defined]
         typer.echo(f"signed: {out / 'attestation.dsse.json'}")
+        if (out / "model.sig").is_file():
+            typer.echo(f"model signed (OpenSSF model signing): {out / 'model.sig'}")
     else:
         typer.echo("unsigned: no --key given, so no attestation was written")
     typer.echo(f"report: {out / 'report.html'}")
@@ -196,7 +214,9 @@ def print_verdict(outcome: object) -> None:
 
 def verify_cmd(
     bundle: Annotated[Path, typer.Argument(help="report folder written by raigate audit")],
-    key: Annotated[Path, typer.Option("--key", help="the signer's public key (raigate.pub)")],
+    key: Annotated[
+        Path, typer.Option("--key", help="the signer's public key (raigate.pub, Ed25519 or EC)")
+    ],
     model_root: Annotated[
         Path | None,
         typer.Option(
@@ -215,7 +235,8 @@ def verify_cmd(
 ) -> None:
     """Offline: check the signature, that the folder holds only signed files, every signed
     file's sha256 and every model file's (found relative to the plan's folder or
-    --model-root)."""
+    --model-root), and, when the bundle holds model.sig, the model's OpenSSF model signature
+    with model_signing's verifier."""
     from raigate.audit.runner import verify_bundle
     from raigate.reports.attest import MODEL_PREFIX
 
@@ -231,6 +252,10 @@ def verify_cmd(
         typer.echo(f"{len(models)} model files match their sha256 (under {v.model_root})")
     for name in v.skipped_model_files:
         typer.echo(f"not checked (--skip-model-files): {name}")
+    if v.model_signature is not None:
+        typer.echo(f"model.sig OK: OpenSSF model signature of {v.model_signature}")
+    elif "model_signature" in pred:
+        typer.echo("not checked (--skip-model-files): model.sig (OpenSSF model signature)")
     typer.echo(
         f"verdict signed: {str(pred.get('verdict', '?')).upper()}, model "
         f"{pred.get('model_digest')}, data {pred.get('data_manifest_digest')}"

@@ -1,11 +1,18 @@
 """Sign and verify audit reports offline: an in-toto Statement v1 in a DSSE envelope,
-signed with Ed25519 (pyca/cryptography).
+signed with Ed25519 (the default) or ECDSA P-256 (pyca/cryptography).
 
 Why this shape: DSSE (Dead Simple Signing Envelope, secure-systems-lab) signs the exact
 payload bytes together with their type through the Pre-Authentication Encoding, so a
 signature cannot be replayed onto another payload type; in-toto Statements are what
 supply-chain tools (sigstore, SLSA verifiers) already read. Each subject is a file of the
 report bundle (or a model file) with its sha256; the predicate carries the verdict.
+
+Why two key types: Ed25519 is the default (small, deterministic, no curve or hash to pick).
+An EC P-256 key (``generate_keys(..., key_type="ec")``) is the one kind OpenSSF model
+signing (PyPI ``model-signing``) signs with offline, so one key pair can sign both the
+audited model's files (:mod:`raigate.reports.model_signature`) and this attestation
+(ECDSA with SHA-256, DER signatures, as sigstore's DSSE envelopes use); a verifier needs
+only the one public key.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -25,7 +32,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from raigate._io import sha256_file, write_atomic
 from raigate.errors import ConfigError, VerificationFailed
@@ -37,6 +44,9 @@ PRIVATE_KEY_NAME = "raigate.key"
 PUBLIC_KEY_NAME = "raigate.pub"
 MODEL_PREFIX = "model:"  # subjects outside the bundle: model files, by plan-relative path
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+KeyType = Literal["ed25519", "ec"]
+KEY_TYPES: tuple[KeyType, ...] = ("ed25519", "ec")
+_KEYS_HINT = "create one with `raigate keys generate` (--type ec for EC P-256)"
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -46,11 +56,20 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 
 # -- keys --------------------------------------------------------------------------------------
-def generate_keys(out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> tuple[Path, Path]:
-    """Write ``raigate.key`` (PKCS#8 PEM, mode 0600) and ``raigate.pub`` (SPKI PEM)."""
+def generate_keys(
+    out_dir: str | os.PathLike[str], *, overwrite: bool = False, key_type: KeyType = "ed25519"
+) -> tuple[Path, Path]:
+    """Write ``raigate.key`` (PKCS#8 PEM, mode 0600) and ``raigate.pub`` (SPKI PEM).
+
+    ``key_type="ec"`` makes an EC P-256 (secp256r1) pair instead of Ed25519: the key that
+    also signs the audited model with OpenSSF model signing (``model_signing verify key``
+    reads these PEM files as they are)."""
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    if key_type not in KEY_TYPES:
+        raise ConfigError(f"key type {key_type!r}: use one of {', '.join(KEY_TYPES)}")
     out = Path(out_dir)
     priv_path, pub_path = out / PRIVATE_KEY_NAME, out / PUBLIC_KEY_NAME
     if not overwrite and (priv_path.exists() or pub_path.exists()):
@@ -58,7 +77,11 @@ def generate_keys(out_dir: str | os.PathLike[str], *, overwrite: bool = False) -
             f"{priv_path if priv_path.exists() else pub_path} already exists; choose another "
             "--out folder or delete the old key pair first"
         )
-    key = Ed25519PrivateKey.generate()
+    key: Any = (
+        ec.generate_private_key(ec.SECP256R1())
+        if key_type == "ec"
+        else Ed25519PrivateKey.generate()
+    )
     priv = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -83,41 +106,84 @@ def _read_pem(path: str | os.PathLike[str], what: str) -> bytes:
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Any:
-    """An Ed25519 private key from a PEM file; anything else is a ConfigError naming it."""
+    """An Ed25519 or EC P-256 private key from a PEM file; anything else (another curve, RSA,
+    an encrypted key) is a ConfigError naming it."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     data = _read_pem(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{path}: not an unencrypted PEM private key ({exc})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path}: not an Ed25519 key; create one with `raigate keys generate`")
+    if key_type_of(key) is None:
+        raise ConfigError(f"{path}: not an Ed25519 or EC P-256 key; {_KEYS_HINT}")
     return key
 
 
 def load_public_key(path: str | os.PathLike[str]) -> Any:
-    """An Ed25519 public key from a PEM file; anything else is a ConfigError naming it."""
+    """An Ed25519 or EC P-256 public key from a PEM file; anything else is a ConfigError."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     data = _read_pem(path, "public key")
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as exc:
         raise ConfigError(f"{path}: not a PEM public key ({exc}); pass raigate.pub") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path}: not an Ed25519 public key; pass raigate.pub")
+    if key_type_of(key) is None:
+        raise ConfigError(f"{path}: not an Ed25519 or EC P-256 public key; pass raigate.pub")
     return key
 
 
+def key_type_of(key: Any) -> KeyType | None:
+    """``"ed25519"`` or ``"ec"`` (P-256 only) for a private or public key, else None.
+
+    P-256 alone because its hash (SHA-256) is fixed by the curve in sigstore's and OpenSSF
+    model signing's key rules; one curve keeps the attestation's algorithm unambiguous."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return "ed25519"
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) and isinstance(
+        key.curve, ec.SECP256R1
+    ):
+        return "ec"
+    return None
+
+
 def key_id(public_key: Any) -> str:
-    """sha256 of the raw 32-byte public key, hex: names the key in the envelope."""
+    """Names the key in the envelope, hex sha256: for Ed25519 of the raw 32-byte key; for EC
+    of the SPKI PEM, the hint OpenSSF model signing writes in its signature bundles, so the
+    two signatures of one EC key carry the same key id."""
     from cryptography.hazmat.primitives import serialization
 
+    if key_type_of(public_key) == "ec":
+        pem = public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return hashlib.sha256(pem).hexdigest()
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()
+
+
+def _sign(private_key: Any, message: bytes) -> bytes:
+    """Ed25519 signs the message itself; EC signs ECDSA over SHA-256 (DER-encoded)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if key_type_of(private_key) == "ec":
+        return private_key.sign(message, ec.ECDSA(hashes.SHA256()))
+    return private_key.sign(message)
+
+
+def _verify(public_key: Any, sig: bytes, message: bytes) -> None:
+    """Raise InvalidSignature (or ValueError) unless ``sig`` signs ``message``."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if key_type_of(public_key) == "ec":
+        public_key.verify(sig, message, ec.ECDSA(hashes.SHA256()))
+    else:
+        public_key.verify(sig, message)
 
 
 # -- statements --------------------------------------------------------------------------------
@@ -168,7 +234,7 @@ def statement(subjects: list[dict[str, Any]], predicate: dict[str, Any]) -> dict
 def sign_statement(stmt: dict[str, Any], private_key: Any) -> dict[str, Any]:
     """A DSSE envelope over the canonical JSON of ``stmt``."""
     payload = json.dumps(stmt, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    sig = private_key.sign(pae(PAYLOAD_TYPE, payload))
+    sig = _sign(private_key, pae(PAYLOAD_TYPE, payload))
     return {
         "payload": base64.b64encode(payload).decode("ascii"),
         "payloadType": PAYLOAD_TYPE,
@@ -194,7 +260,7 @@ def verify_envelope(envelope: object, public_key: Any) -> dict[str, Any]:
     message = pae(payload_type, payload)
     for sig in sigs:
         try:
-            public_key.verify(sig, message)
+            _verify(public_key, sig, message)
         except (InvalidSignature, ValueError):
             continue
         return parse_statement(payload)

@@ -23,6 +23,7 @@ from typing import Any
 from raigate._io import write_atomic
 from raigate.config import AuditPlan
 from raigate.reports.attest import MODEL_PREFIX
+from raigate.reports.model_signature import MODEL_SIGNATURE
 from raigate.results import AuditReport, dumps
 
 ATTESTATION = "attestation.dsse.json"
@@ -134,7 +135,7 @@ def _foreign(path: Path, out: Path) -> str:
 
 def _is_bundle_file(path: Path) -> bool:
     """A top-level file raigate writes: a bundle file, or write_atomic's temporary for one."""
-    known = {*BUNDLE_FILES, ATTESTATION}
+    known = {*BUNDLE_FILES, ATTESTATION, MODEL_SIGNATURE}
     tmp = _TMP.match(path.name)
     return (
         path.is_file()
@@ -257,17 +258,37 @@ def _signable(out: Path, name: str) -> Path:
 
 
 def sign_bundle(
-    out: Path, report: AuditReport, private_key: Any, *, plan_dir: Path | None = None
+    out: Path,
+    report: AuditReport,
+    private_key: Any,
+    *,
+    plan_dir: Path | None = None,
+    key_path: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``attestation.dsse.json`` over the bundle's subjects. The predicate records
     where the plan's folder lies relative to the bundle (``plan_dir``, POSIX), so a tree
     moved whole (plan, models, bundle) verifies where it lands. Refuses (RaigateError) a
-    bundle holding a file that is not a subject: a signed bundle is the whole folder."""
-    from raigate.errors import RaigateError
-    from raigate.reports.attest import sign_statement, statement
+    bundle holding a file that is not a subject: a signed bundle is the whole folder.
+
+    With an EC P-256 key (whose PEM file is ``key_path``: OpenSSF model signing reads the
+    key from its file) the audited model's files are signed first with OpenSSF model
+    signing into ``model.sig``, a subject like the other bundle files, and the predicate's
+    ``model_signature`` names its sha256 (:mod:`raigate.reports.model_signature`)."""
+    from raigate.errors import ConfigError, RaigateError
+    from raigate.reports.attest import key_type_of, sign_statement, statement, subject_for
 
     base = plan_dir if plan_dir is not None else Path.cwd()
+    model_signature = None
+    if key_type_of(private_key) == "ec" and report.model.get("files"):
+        from raigate.reports.model_signature import sign_model
+
+        if key_path is None:
+            raise ConfigError("an EC key signs the model files too: pass its PEM file, key_path")
+        files = [f["path"] for f in report.model["files"]]
+        model_signature = sign_model(out, files, key_path, plan_dir=base)
     subjects = bundle_subjects(out, report, plan_dir=base)
+    if model_signature is not None:
+        subjects.append(subject_for(out / MODEL_SIGNATURE, MODEL_SIGNATURE))
     unsigned = _unsigned(out, {s["name"] for s in subjects})
     if unsigned is not None:
         raise RaigateError(f"{unsigned}; a check wrote it without listing it as an artifact")
@@ -286,6 +307,8 @@ def sign_bundle(
         "raigate_version": report.environment.get("raigate"),
         "created_at": report.created_at,
     }
+    if model_signature is not None:
+        predicate["model_signature"] = model_signature
     envelope = sign_statement(statement(subjects, predicate), private_key)
     return write_atomic(out / ATTESTATION, dumps(envelope))
 
@@ -294,12 +317,15 @@ def sign_bundle(
 class Verification:
     """What ``verify_bundle`` checked: ``checked`` names every subject whose sha256 matched
     (bundle files, then model files found under ``model_root``); ``skipped_model_files`` the
-    model files left unchecked on request."""
+    model files left unchecked on request; ``model_signature`` the model path OpenSSF model
+    signing's verifier accepted ``model.sig`` for, when the bundle holds one and model files
+    were checked."""
 
     statement: dict[str, Any]
     checked: list[str]
     skipped_model_files: list[str]
     model_root: Path | None
+    model_signature: Path | None = None
 
 
 def verify_bundle(
@@ -314,7 +340,9 @@ def verify_bundle(
     the attestation does not sign (itself excepted); every bundle file's sha256, inside the
     folder; then every model file's sha256, resolved against ``model_root`` or else the plan
     folder the attestation records (relative to the bundle). An absent model file fails
-    unless ``skip_model_files``, which leaves every model file unchecked and says so."""
+    unless ``skip_model_files``, which leaves every model file unchecked and says so. Last,
+    when the predicate names a ``model_signature``, ``model.sig`` is checked with OpenSSF
+    model signing's own verifier against the same public key and the model files."""
     from raigate.errors import DataError, VerificationFailed
     from raigate.reports.attest import load_public_key, verify_envelope
 
@@ -344,7 +372,14 @@ def verify_bundle(
         path = root / subj["name"][len(MODEL_PREFIX) :]
         where = os.path.normpath(path)
         checked.append(_matches(path, subj, f"model file not found at {where}; {hint}"))
-    return Verification(stmt, checked, [], root)
+    signed_model = None
+    if "model_signature" in stmt["predicate"]:
+        from raigate.reports.model_signature import verify_model
+
+        digests = {s["name"]: s["digest"]["sha256"] for s in files}
+        entry = stmt["predicate"]["model_signature"]
+        signed_model = verify_model(out, entry, digests, public_key_path, root)
+    return Verification(stmt, checked, [], root, signed_model)
 
 
 def _matches(path: Path, subj: dict[str, Any], missing: str) -> str:
