@@ -41,7 +41,7 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-BUNDLE_REPORTS = ("report.json", "report.html", "junit.xml", "model-card.md")
+BUNDLE_REPORTS = ("report.json", "report.html", "junit.xml", "model-card.md", "mlbom.cdx.json")
 RACES = ["East Asian", "White", "Black", "Indian"]
 
 

@@ -95,6 +95,7 @@ def test_keys_are_private_and_envelope_verifies_independently(signed: tuple[Path
         "junit.xml",
         "data-manifest.json",
         "model-manifest.json",
+        "mlbom.cdx.json",
         "checks/evaluate/result.json",
     } <= names
     import hashlib

@@ -348,6 +348,7 @@ def preflight(
 def _write_bundle(
     report: AuditReport, out: Path, plan: AuditPlan, manifest: dict[str, Any]
 ) -> None:
+    from raigate.reports.mlbom import MLBOM_FILE, build_mlbom
     from raigate.reports.render import render_html, render_junit, render_model_card
 
     write_atomic(out / "model-manifest.json", dumps(report.model))
@@ -355,4 +356,5 @@ def _write_bundle(
     write_atomic(out / "report.html", render_html(report, out))
     write_atomic(out / "model-card.md", render_model_card(report, plan.card.model_dump()))
     write_atomic(out / "junit.xml", render_junit(report))
+    write_atomic(out / MLBOM_FILE, build_mlbom(report, plan))
     report.write(out)  # last but the attestation: its presence marks a complete bundle

@@ -36,6 +36,7 @@ BUNDLE_FILES = (
     "junit.xml",
     "model-manifest.json",
     "data-manifest.json",
+    "mlbom.cdx.json",  # raigate.reports.mlbom.MLBOM_FILE
 )
 PROGRESS = ".progress"  # raigate.parallel.PROGRESS: a run's per-batch progress until it ends
 _TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # write_atomic's temporary files
