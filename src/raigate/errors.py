@@ -49,10 +49,12 @@ class ConfigError(UserError):
 class MissingDependencyError(UserError):
     """An optional package is needed for this feature and is not installed."""
 
-    def __init__(self, package: str, feature: str) -> None:
+    def __init__(self, package: str, feature: str, *, install: str | None = None) -> None:
+        # ``install``: what to pip install when it is not the package itself (an extra
+        # such as raigate[mlflow], which also pins the version raigate is tested with)
         super().__init__(
             f"{feature} needs the package '{package}': install it with "
-            f"`pip install {package}` (or `pip install -e '.[dev]'` in a checkout)"
+            f"`pip install {install or package}` (or `pip install -e '.[dev]'` in a checkout)"
         )
         self.package = package
 

@@ -90,6 +90,15 @@ def audit_cmd(
             help="reuse the batches a killed run of this plan left in OUT/.progress",
         ),
     ] = False,
+    mlflow_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow-uri",
+            help="also log the audit as one MLflow run (metrics, a tag per gate, the bundle "
+            "as artifacts) to this tracking store, e.g. file:mlruns or http://host:5000; "
+            "needs pip install 'raigate[mlflow]'",
+        ),
+    ] = None,
 ) -> None:
     """Run an audit plan and write report.json, report.html, model-card.md, junit.xml and
     (with --key) a signed attestation; with an EC key (keys generate --type ec) also
@@ -98,7 +107,8 @@ def audit_cmd(
     --resume, all but its .progress). --nproc N runs N processes with torchrun; on several
     machines run `torchrun --nnodes M --nproc-per-node N -m raigate audit ...` instead
     (docs/scale-out.md). --trust-code does what the plan's trust_code = true does;
-    untrained models are allowed per model in the plan (random_init = true)."""
+    untrained models are allowed per model in the plan (random_init = true).
+    --mlflow-uri logs the finished audit to MLflow (experiment raigate), from rank 0."""
     import os
 
     from raigate.audit.runner import prepare_out_dir, run_audit
@@ -110,6 +120,10 @@ def audit_cmd(
             "--nproc: this process already runs under torchrun "
             f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); drop --nproc"
         )
+    if mlflow_uri is not None and os.environ.get("RANK", "0") == "0":
+        from raigate.reports.mlflow_log import check_store  # exit 2 before the audit, not after
+
+        check_store(mlflow_uri)
     if os.environ.get("RANK", "0") == "0":  # before the plan is read: no old report survives
         from raigate._io import folder_lock
 
@@ -119,7 +133,7 @@ def audit_cmd(
     if trust_code:
         loaded = loaded.model_copy(update={"trust_code": True})
     if nproc > 1:
-        _launch(nproc, plan, out, key, fail_on, device, trust_code, resume)
+        _launch(nproc, plan, out, key, fail_on, device, trust_code, resume, mlflow_uri)
         return
     outcome = run_audit(
         loaded,
@@ -134,6 +148,11 @@ def audit_cmd(
     if os.environ.get("RANK", "0") != "0":
         return  # rank 0 prints the verdict and sets the exit code
     print_verdict(outcome)
+    if mlflow_uri is not None:
+        from raigate.reports.mlflow_log import log_audit
+
+        run_id = log_audit(outcome, outcome.out_dir, mlflow_uri)
+        typer.echo(f"mlflow: logged run {run_id} to {mlflow_uri} (experiment raigate)")
     if not outcome.passed:
         raise GateFailed(
             f"audit verdict {outcome.report.verdict} under fail_on={outcome.report.fail_on}: "
@@ -150,6 +169,7 @@ def _launch(
     device: str,
     trust_code: bool,
     resume: bool,
+    mlflow_uri: str | None = None,
 ) -> None:
     """``raigate audit`` again, in ``nproc`` torchrun processes; exit as rank 0 does."""
     from raigate.parallel import launch
@@ -163,6 +183,8 @@ def _launch(
         argv.append("--trust-code")
     if resume:
         argv.append("--resume")
+    if mlflow_uri is not None:  # rank 0 logs, after it wrote the bundle
+        argv += ["--mlflow-uri", mlflow_uri]
     typer.echo(f"audit: starting {nproc} processes with torchrun")
     code, message = launch(nproc, argv)
     if code:
