@@ -9,20 +9,31 @@ from typing import Any
 
 from raigate._version import __version__
 
-# The packages whose versions change results; reported whether or not they were imported.
+# The packages whose versions can change a number in a report, reported whether or not they
+# were imported: a reader who gets different numbers compares these first. Each computes or
+# transforms values: the model forward and attacks (torch, numpy, ART, transformers,
+# onnxruntime), decoded and resized pixels (pillow), attribute tables and group assignment
+# (pandas), DP-SGD noise and accounting (opacus), attributions (captum), fairness metrics
+# and ROC curves (fairlearn, scikit-learn), and every interval, test and Holm correction
+# (statsmodels, scipy). Left out because they cannot change a number: typer and tqdm (CLI
+# and progress), pydantic (validates the plan), cryptography (signs the finished report),
+# safetensors and onnx (bit-exact readers of weights and graphs; the ONNX values come from
+# onnxruntime or torch), and matplotlib (it draws the plots, whose pixels may change with
+# its version, but no value in report.json).
 _PACKAGES = (
     "torch",
     "numpy",
     "pandas",
     "pillow",
-    "safetensors",
     "transformers",
+    "onnxruntime",
     "opacus",
     "adversarial-robustness-toolbox",
     "fairlearn",
     "captum",
     "scikit-learn",
     "scipy",
+    "statsmodels",
 )
 
 

@@ -21,6 +21,7 @@ from raigate.data import DEMO_DISPARITY
 from raigate.data.base import Dataset
 from raigate.data.fairface import RACES
 from raigate.errors import ConfigError, DataError
+from raigate.stats import holm
 
 GENDERS = ["Male", "Female"]
 
@@ -464,7 +465,7 @@ def test_z_test_and_holm_equal_statsmodels() -> None:
         == 1.0
     )
     pv = np.array([0.01, 0.04, 0.03, 0.005, 0.2, 0.04])
-    np.testing.assert_allclose(fs.holm(pv), multipletests(pv, method="holm")[1])
+    np.testing.assert_allclose(holm(pv), multipletests(pv, method="holm")[1])
 
 
 # -- plots and the Python entry point -------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Pure-numpy statistics behind the fairness check: per-group confusion matrices, a
-stratified bootstrap of them, rates, percentile intervals, z-tests and Holm's correction.
+stratified bootstrap of them, rates, percentile intervals and z-tests (Holm's correction is
+:func:`raigate.stats.holm`, statsmodels').
 
 Everything a group-level classification metric needs is in the group's confusion matrix
 ``C[true, predicted]``, so the bootstrap resamples confusion matrices, not rows.
@@ -154,24 +155,6 @@ def two_proportion_pvalue(
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, (s1 / n1 - s2 / n2) / np.where(se > 0, se, 1.0), 0.0)
     return 2 * norm.sf(np.abs(z))
-
-
-def holm(pvalues: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values (Holm 1979), in the input order.
-
-    Controls the family-wise error rate over all ``m`` comparisons without assuming
-    independence: the i-th smallest p is multiplied by ``m - i + 1``, then made monotone.
-    """
-    p = np.asarray(pvalues, dtype=np.float64)
-    m = p.size
-    if m == 0:
-        return p.copy()
-    order = np.argsort(p, kind="stable")
-    scaled = (m - np.arange(m)) * p[order]
-    adjusted = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    out = np.empty(m, dtype=np.float64)
-    out[order] = adjusted
-    return out
 
 
 def aggregate_cells(boot_cells: np.ndarray, cell_group: np.ndarray, n_groups: int) -> np.ndarray:

@@ -30,7 +30,7 @@ import pandas as pd
 
 from raigate.audit import fairness_stats as fs
 from raigate.errors import ConfigError
-from raigate.stats import wilson_interval
+from raigate.stats import holm, wilson_interval
 
 if TYPE_CHECKING:
     from raigate.audit.fairness import FairnessParams
@@ -441,7 +441,7 @@ def comparisons(stats: list[SpecStats], alpha: float) -> list[dict[str, Any]]:
             s2.append(s.point["correct"][j])
             n2.append(s.point["n"][j])
     p = fs.two_proportion_pvalue(np.array(s1), np.array(n1), np.array(s2), np.array(n2))
-    adjusted = fs.holm(p)
+    adjusted = holm(p)
     by_name = {s.spec.name: s for s in stats}
     rows = []
     for (name, i, j), pv, ph in zip(keys, p, adjusted, strict=True):

@@ -10,8 +10,9 @@ Carlo, so every answer comes with a failure probability ``alpha``:
   ``alpha``; otherwise it abstains (``-1``).
 * **CERTIFY** picks the class from ``n0`` *selection* draws, then counts it in ``n`` fresh
   *estimation* draws, takes the one-sided ``(1 - alpha)`` Clopper-Pearson lower bound
-  ``p_A_lower`` and certifies radius ``σ·Φ⁻¹(p_A_lower)`` if ``p_A_lower > 1/2``, else
-  abstains. Because the two draws are independent, the selection cannot inflate the bound.
+  ``p_A_lower`` (statsmodels, through :func:`raigate.stats.clopper_pearson_lower`) and
+  certifies radius ``σ·Φ⁻¹(p_A_lower)`` if ``p_A_lower > 1/2``, else abstains. Because the
+  two draws are independent, the selection cannot inflate the bound.
 
 Noise is streamed in batches of ``batch_size`` draws (several images share a batch when
 ``n`` is small), so memory stays O(batch) even at ``n = 100,000``; ART materializes all
@@ -49,7 +50,7 @@ from tqdm.auto import tqdm
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
 from raigate.models.base import Capabilities, Model, require_white_box
-from raigate.stats import clopper_pearson
+from raigate.stats import clopper_pearson_lower
 from raigate.training import Augment, FitReport, fit
 
 ABSTAIN = -1
@@ -66,12 +67,6 @@ __all__ = [
     "predict_from_counts",
     "train_noise",
 ]
-
-
-def clopper_pearson_lower(count: np.ndarray, n: int, alpha: float) -> np.ndarray:
-    """One-sided ``(1 - alpha)`` Clopper-Pearson lower bound on a binomial proportion
-    (Clopper & Pearson 1934): the ``alpha`` quantile of ``Beta(k, n - k + 1)``, 0 at k = 0."""
-    return clopper_pearson(count, n, 2 * alpha)[0]
 
 
 def binomial_p_value(n_a: np.ndarray, n_b: np.ndarray) -> np.ndarray:

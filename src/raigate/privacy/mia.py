@@ -67,8 +67,9 @@ __all__ = [
 
 def clopper_pearson(k: int, n: int, alpha: float) -> tuple[float, float]:
     """Exact two-sided ``1 - alpha`` interval for a binomial proportion (Clopper & Pearson
-    1934; :func:`raigate.stats.clopper_pearson`); pass ``2 * a`` for one-sided bounds at
-    level ``a``."""
+    1934) as two floats: the scalar form of :func:`raigate.stats.clopper_pearson`
+    (statsmodels' ``beta`` method), which every count here goes through; pass ``2 * a`` for
+    one-sided bounds at level ``a``."""
     lo, hi = stats.clopper_pearson(k, n, alpha)
     return float(lo), float(hi)
 
