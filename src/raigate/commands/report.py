@@ -4,7 +4,6 @@ and the CI gate."""
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -12,6 +11,7 @@ import typer
 
 from raigate.cli_common import (
     DeviceOpt,
+    QuietOpt,
     TrustCodeOpt,
     format_table,
     handle_errors,
@@ -56,6 +56,7 @@ def audit_cmd(
         ),
     ] = None,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
     trust_code: TrustCodeOpt = False,
     nproc: Annotated[
         int,
@@ -102,7 +103,7 @@ def audit_cmd(
     if trust_code:
         loaded = loaded.model_copy(update={"trust_code": True})
     if nproc > 1:
-        _launch(nproc, plan, out, key, fail_on, device, trust_code, resume)
+        _launch(nproc, plan, out, key, fail_on, device, trust_code, resume, quiet)
         return
     outcome = run_audit(
         loaded,
@@ -110,7 +111,7 @@ def audit_cmd(
         key=key,
         fail_on=fail_on,
         device=resolve_device(device),
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
         echo=typer.echo,
         resume=resume,
     )
@@ -133,6 +134,7 @@ def _launch(
     device: str,
     trust_code: bool,
     resume: bool,
+    quiet: bool,
 ) -> None:
     """``raigate audit`` again, in ``nproc`` torchrun processes; exit as rank 0 does."""
     from raigate.parallel import launch
@@ -146,6 +148,8 @@ def _launch(
         argv.append("--trust-code")
     if resume:
         argv.append("--resume")
+    if quiet:
+        argv.append("--quiet")
     typer.echo(f"audit: starting {nproc} processes with torchrun")
     code, message = launch(nproc, argv)
     if code:
