@@ -7,7 +7,6 @@ Set ``RAIGATE_DEBUG=1`` to see the traceback of an internal error.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +27,7 @@ from raigate.cli_common import (
     ModelOpt,
     OutputsOpt,
     PreprocessOpt,
+    QuietOpt,
     RandomInitOpt,
     SampleOpt,
     SeedOpt,
@@ -303,6 +303,7 @@ def evaluate_cmd(
     model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Clean accuracy overall, per class and per attribute value, with the confusion matrix."""
     from raigate.audit import evaluate
@@ -316,7 +317,7 @@ def evaluate_cmd(
         label_map=read_label_map(label_map),
         device=resolve_device(device),
         seed=seed,
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
     )
     data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
     model = load_model_from_options(
@@ -375,6 +376,7 @@ def demo_cmd(
     ] = 2.0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """The whole audit on built-in synthetic data, offline: train the demo model, a
     noise-trained variant for randomized smoothing, a Group DRO variant over race and a
@@ -391,7 +393,7 @@ def demo_cmd(
         seed=seed,
         key=key,
         device=resolve_device(device),
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
         echo=typer.echo,
     )
     m = run.result.metrics

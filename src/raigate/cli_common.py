@@ -58,14 +58,17 @@ def print_warnings() -> Iterator[None]:
 def handle_errors(fn: F) -> F:
     """Map the exception tree to exit codes with a one-line message, never a traceback for
     user mistakes, and print raigate's warnings as one line each (:func:`print_warnings`).
-    Works under ``typer.testing.CliRunner`` too (it raises ``typer.Exit``). Under
+    Works under ``typer.testing.CliRunner`` too (it raises ``typer.Exit``). A command's
+    ``--quiet`` (:data:`QuietOpt`) silences every progress bar inside, for this call only. Under
     ``raigate audit --nproc`` each worker also reports its exit code and message to the
     launcher (:func:`report_to_launcher`), and only rank 0 prints errors itself."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from raigate import progress
+
         try:
-            with print_warnings():
+            with print_warnings(), progress.quieted(bool(kwargs.get("quiet"))):
                 value = fn(*args, **kwargs)
         except typer.Exit as exc:
             report_to_launcher(int(exc.exit_code or 0), "")
@@ -285,6 +288,14 @@ SeedOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N]")]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        help="no progress on stderr (else a bar on a terminal, plain lines every 10 s "
+        "elsewhere, for steps over 2 s); also RAIGATE_QUIET=1",
+    ),
+]
 ModelOpt = Annotated[
     str, typer.Option("--model", help="model spec (see `raigate models inspect --help`)")
 ]

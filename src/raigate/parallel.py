@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from raigate import progress as _progress
 from raigate._io import write_atomic
 from raigate.errors import DataError
 from raigate.reports.bundle import PROGRESS  # the bundle's layout owns the folder's name
@@ -464,6 +464,7 @@ def _run(
     *,
     stage: str,
     desc: str,
+    unit: str,
     progress: bool,
 ) -> Arrays:
     world = current()
@@ -482,12 +483,7 @@ def _run(
             todo.append((b, pos))
     if store is not None and scope is not None and len(mine):
         scope.reused[stage] = len(mine)
-    bar = tqdm(
-        total=sum(len(p) for _, p in todo),
-        desc=desc,
-        leave=False,
-        disable=not (progress and world.main),
-    )
+    bar = _progress.bar(sum(len(p) for _, p in todo), desc, unit, show=progress)
     for b, arrays in compute(todo):
         pos = batches[b]
         mine[b] = arrays
@@ -506,6 +502,7 @@ def map_positions(
     stage: str,
     seed: int,
     desc: str = "",
+    unit: str = "items",
     progress: bool = False,
 ) -> Arrays:
     """``fn(positions)`` on every fixed batch of ``0..n-1`` that this rank owns, each from
@@ -518,7 +515,7 @@ def map_positions(
             with _seeded(batch_seed(seed, stage, b)):
                 yield b, fn(pos)
 
-    return _run(n, batch_size, compute, stage=stage, desc=desc, progress=progress)
+    return _run(n, batch_size, compute, stage=stage, desc=desc, unit=unit, progress=progress)
 
 
 def map_batches(
@@ -530,6 +527,7 @@ def map_batches(
     seed: int,
     workers: int = 0,
     desc: str = "",
+    unit: str = "items",
     progress: bool = False,
 ) -> Arrays:
     """:func:`map_positions` over a dataset: ``fn(x, y, positions)`` on this rank's batches
@@ -546,4 +544,6 @@ def map_batches(
             with _seeded(batch_seed(seed, stage, b)):
                 yield b, fn(x, y, pos)
 
-    return _run(len(data), batch_size, compute, stage=stage, desc=desc, progress=progress)
+    return _run(
+        len(data), batch_size, compute, stage=stage, desc=desc, unit=unit, progress=progress
+    )

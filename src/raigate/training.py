@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from raigate import progress as _progress
 from raigate.data.base import Dataset
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
@@ -71,7 +71,8 @@ def fit(
     losses: list[float] = []
     accs: list[float] = []
     start = time.perf_counter()
-    for epoch in range(epochs):
+    # epochs outside, batches inside: in a log the epochs count, a long epoch's batches beat
+    for epoch in _progress.track(range(epochs), "train", "epochs", show=progress):
         total = correct = 0
         loss_sum = 0.0
         batches = (
@@ -79,10 +80,8 @@ def fit(
             if sampler is None
             else DataLoader(data, batch_size=batch_size, sampler=list(sampler(epoch)))
         )
-        bar = tqdm(
-            batches, desc=f"train epoch {epoch + 1}/{epochs}", leave=False, disable=not progress
-        )
-        for x, y, idx in bar:
+        desc = f"epoch {epoch + 1}/{epochs}"
+        for x, y, idx in _progress.track(batches, desc, "batches", show=progress):
             x, y = x.to(device), y.to(device)
             if augment is not None:
                 x = augment(x, gen)

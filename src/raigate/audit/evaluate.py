@@ -127,6 +127,7 @@ def predict(
         seed=0,
         workers=workers,
         desc=desc,
+        unit="images",
         progress=progress,
     )
     return out["pred"], out["conf"].astype(np.float32)

@@ -66,6 +66,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
+from raigate import progress as _progress
 from raigate._io import write_atomic
 from raigate.audit.evaluate import prepare, require_inputs
 from raigate.data.base import Dataset, select
@@ -313,7 +314,9 @@ def _attribution_pass(
         cols = {k: np.full((b, m), np.nan) for k in ("delta", "attribution_sum", "output_diff")}
         has_delta = np.zeros((b, m), dtype=bool)
         maps, dels, ins, infid = [], [], [], []
-        for j, method in enumerate(methods.values()):
+        # a heartbeat per method: one batch of KernelSHAP or IG can take minutes
+        shown = _progress.track(methods.values(), "methods", "methods", show=params.progress)
+        for j, method in enumerate(shown):
             attr, delta = method.attribute_with_delta(model, x, target, config)
             imp = importance(attr)
             maps.append(imp.abs().cpu())
@@ -383,6 +386,7 @@ def _attribution_pass(
         stage="attributions",
         seed=params.seed,
         desc="explain",
+        unit="images",
         progress=params.progress,
     )
 
@@ -481,6 +485,7 @@ def _sensitivity(
         stage="sensitivity",
         seed=params.seed,
         desc="sensitivity",
+        unit="images",
         progress=params.progress,
     )["sensitivity"]
     return {name: _mean(scores[:, j]) for j, name in enumerate(methods)}
@@ -531,6 +536,7 @@ def _sanity(
         stage="sanity",
         seed=params.seed,
         desc="sanity",
+        unit="images",
         progress=params.progress,
     )["spearman"]
     if figure and not first:

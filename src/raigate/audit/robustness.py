@@ -64,6 +64,7 @@ from pydantic import (
 )
 from scipy.stats import norm as gaussian
 
+from raigate import progress as _progress
 from raigate._io import write_atomic
 from raigate.attacks import (
     MIN_QUERY_BUDGET,
@@ -455,6 +456,8 @@ class _Runner:
         self.ev = ev
         self.smoothed = smoothed
         self.input_shape = input_shape
+        self.rows: _progress.Bar = _progress.bar(0, "", show=False)
+        """Counts each row recorded: a batch of a long sweep can take minutes."""
 
     def record(
         self,
@@ -465,6 +468,7 @@ class _Runner:
         y: torch.Tensor,
         idx: np.ndarray,
     ) -> None:
+        self.rows.update(1)
         norm = key[2]
         pert = 0.0
         if norm is not None:
@@ -732,13 +736,14 @@ def run(
         x, y = x.to(p.device), y.to(p.device)
         local, local_big = _Sweep(len(pos)), _Sweep(len(pos))
         idx = np.arange(len(pos))
-        for name, target in targets:
-            runner.batch(name, target, x, y, inv_t[y], idx, local, local_big)
+        with _progress.bar(None, "attack rows", "rows", show=p.progress) as runner.rows:
+            for name, target in targets:
+                runner.batch(name, target, x, y, inv_t[y], idx, local, local_big)
         return {**local.to_arrays("sweep"), **local_big.to_arrays("big")}
 
     gathered = map_batches(
         prepared, p.batch_size, attack_batch, stage="attacks", seed=p.seed,
-        workers=p.workers, desc="robustness", progress=p.progress,
+        workers=p.workers, desc="robustness", unit="images", progress=p.progress,
     )  # fmt: skip
     sweep = _Sweep.from_arrays(gathered, "sweep", n)
     big = _Sweep.from_arrays(gathered, "big", n)
@@ -980,7 +985,7 @@ def _certify(
     per_batch = max(1, planned // max(p.certify_n0, p.certify_n))
     got = map_batches(
         subset, per_batch, certify_batch, stage="certify", seed=p.seed,
-        workers=p.workers, desc="certify", progress=p.progress,
+        workers=p.workers, desc="certify", unit="images", progress=p.progress,
     )  # fmt: skip
     pred, radius, label = got["pred"], got["radius"], got["label"]
     abstained = pred < 0

@@ -6,7 +6,6 @@ Heavy imports (the check, Captum, matplotlib) happen inside the command function
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +23,7 @@ from raigate.cli_common import (
     ModelOpt,
     OutputsOpt,
     PreprocessOpt,
+    QuietOpt,
     RandomInitOpt,
     SampleOpt,
     SeedOpt,
@@ -125,6 +125,7 @@ def explain_cmd(
     model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Attribution maps (Captum) checked for faithfulness (deletion/insertion vs random,
     infidelity, sensitivity) and sanity (cascading weight randomization)."""
@@ -149,7 +150,7 @@ def explain_cmd(
         label_map=read_label_map(label_map),
         device=resolve_device(device),
         seed=seed,
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
     )
     data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
     model = load_model_from_options(

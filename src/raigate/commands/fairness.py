@@ -8,7 +8,6 @@ exit 1 when a gate fails (see ``docs/fairness.md``).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +25,7 @@ from raigate.cli_common import (
     ModelOpt,
     OutputsOpt,
     PreprocessOpt,
+    QuietOpt,
     RandomInitOpt,
     SampleOpt,
     SeedOpt,
@@ -107,6 +107,7 @@ def fairness_cmd(
     ] = 0,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="write the PNG plots")] = True,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Per-group and intersectional accuracy, selection rates, TPR/FPR and disparities with
     stratified-bootstrap intervals; gates fail only when the whole interval is beyond the
@@ -134,7 +135,7 @@ def fairness_cmd(
         device=resolve_device(device),
         seed=seed,
         plots=plots,
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
         **options,
     )
     data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
@@ -284,6 +285,7 @@ def harden_fairness_cmd(
     model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Make a variant of the model with smaller gaps between the groups of --attribute:
     fine-tune it (reweight, resample, group-dro) or post-process it per group (threshold);
@@ -301,7 +303,7 @@ def harden_fairness_cmd(
         model, data, out, method=method, attribute=attribute, by_label=by_label,  # type: ignore[arg-type]
         epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, dro_eta=dro_eta,
         constraint=constraint, positive=positive, device=resolve_device(device),
-        label_map=read_label_map(label_map), progress=sys.stderr.isatty(),
+        label_map=read_label_map(label_map), progress=not quiet,
     )  # fmt: skip
     print_harden(res, model.display_name, len(data), attribute)
     cols = attribute.split("+")

@@ -7,7 +7,6 @@ processes (Opacus' DPDDP, gloo on CPU); only rank 0 prints and writes files.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +21,7 @@ from raigate.cli_common import (
     ModelModeOpt,
     OutputsOpt,
     PreprocessOpt,
+    QuietOpt,
     RandomInitOpt,
     SampleOpt,
     SeedOpt,
@@ -147,6 +147,7 @@ def train_cmd(
     sample: SampleOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Retrain a model with DP-SGD (Opacus, Poisson sampling) to a target epsilon; write
     model.safetensors, model.json, ledger.json, checkpoint.pt and result.json to --out."""
@@ -184,7 +185,7 @@ def train_cmd(
         secure_mode=secure_mode,
         seed=seed,
         device=dev,
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
     )
     train = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
     evaluation = load_data(eval_data, task=task or train.task) if eval_data else None
@@ -407,6 +408,7 @@ def audit_cmd(
     limit: LimitOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Membership inference (loss threshold, ART black box, LiRA online/offline and RMIA with
     reference models): AUC, TPR at FPR 0.1%/1% with intervals, and an empirical epsilon
@@ -452,7 +454,7 @@ def audit_cmd(
         label_map=read_label_map(label_map),
         device=resolve_device(device),
         seed=seed,
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
     )
     result = privacy.run(model, data, params, out_dir=out)
     path = result.write(out)

@@ -4,7 +4,6 @@ and the CI gate."""
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -12,6 +11,7 @@ import typer
 
 from raigate.cli_common import (
     DeviceOpt,
+    QuietOpt,
     TrustCodeOpt,
     format_table,
     handle_errors,
@@ -73,6 +73,7 @@ def audit_cmd(
         ),
     ] = None,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
     trust_code: TrustCodeOpt = False,
     nproc: Annotated[
         int,
@@ -133,7 +134,7 @@ def audit_cmd(
     if trust_code:
         loaded = loaded.model_copy(update={"trust_code": True})
     if nproc > 1:
-        _launch(nproc, plan, out, key, fail_on, device, trust_code, resume, mlflow_uri)
+        _launch(nproc, plan, out, key, fail_on, device, trust_code, resume, quiet, mlflow_uri)
         return
     outcome = run_audit(
         loaded,
@@ -141,7 +142,7 @@ def audit_cmd(
         key=key,
         fail_on=fail_on,
         device=resolve_device(device),
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
         echo=typer.echo,
         resume=resume,
     )
@@ -169,6 +170,7 @@ def _launch(
     device: str,
     trust_code: bool,
     resume: bool,
+    quiet: bool,
     mlflow_uri: str | None = None,
 ) -> None:
     """``raigate audit`` again, in ``nproc`` torchrun processes; exit as rank 0 does."""
@@ -183,6 +185,8 @@ def _launch(
         argv.append("--trust-code")
     if resume:
         argv.append("--resume")
+    if quiet:
+        argv.append("--quiet")
     if mlflow_uri is not None:  # rank 0 logs, after it wrote the bundle
         argv += ["--mlflow-uri", mlflow_uri]
     typer.echo(f"audit: starting {nproc} processes with torchrun")

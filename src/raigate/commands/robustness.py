@@ -6,7 +6,6 @@ Heavy imports (the check, ART, the defenses) happen inside the command functions
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +23,7 @@ from raigate.cli_common import (
     ModelOpt,
     OutputsOpt,
     PreprocessOpt,
+    QuietOpt,
     RandomInitOpt,
     SampleOpt,
     SeedOpt,
@@ -254,6 +254,7 @@ def robustness_cmd(
     model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Accuracy under FGSM/PGD/Square/HopSkipJump/ART attacks over an eps sweep, per group
     (a black-box model: query attacks only, under --query-budget); with
@@ -305,7 +306,7 @@ def robustness_cmd(
         workers=workers,
         device=resolve_device(device),
         seed=seed,
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
     )
     data = load_data(data_spec, task=task, limit=limit, sample=sample, seed=seed)
     model = load_model_from_options(
@@ -438,6 +439,7 @@ def harden_smoothing_cmd(
     model_mode: ModelModeOpt = None,
     random_init: RandomInitOpt = False,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Train the model with Gaussian noise augmentation (Cohen et al. 2019) so its smoothed
     version predicts instead of abstaining; writes a model spec every command accepts."""
@@ -453,7 +455,7 @@ def harden_smoothing_cmd(
     res = harden_smoothing(
         model, data, out, sigma=sigma, epochs=epochs, lr=lr, batch_size=batch_size,
         seed=seed, device=resolve_device(device), label_map=read_label_map(label_map),
-        progress=sys.stderr.isatty(),
+        progress=not quiet,
     )  # fmt: skip
     rep = res.report
     typer.echo(

@@ -45,8 +45,8 @@ import numpy as np
 import torch
 from scipy.stats import binom, norm
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from raigate import progress as _progress
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
 from raigate.models.base import Capabilities, Model, require_white_box
@@ -233,7 +233,7 @@ class SmoothedClassifier(Model):
         )
         votes = torch.zeros(b * k, dtype=torch.int64, device=x.device)
         total = b * n
-        bar = tqdm(total=total, desc="noise draws", unit="draw", leave=False, disable=not progress)
+        bar = _progress.bar(total, "noise draws", "draws", show=progress)
         for start in range(0, total, self.batch_size):
             stop = min(start + self.batch_size, total)
             first, last = start // n, (stop - 1) // n

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from raigate import progress as _progress
 from raigate.privacy.checkpoint import Checkpointer, Progress
 from raigate.privacy.grad_sample import average_augmentations
 from raigate.privacy.params import DPParams
@@ -48,7 +48,7 @@ def train_steps(
     loader = torch.utils.data.DataLoader(
         TensorSet(x, y, w), batch_sampler=mach.batches, collate_fn=keep_batch
     )
-    bar = tqdm(total=planned, initial=prog.done, desc="DP-SGD steps", disable=not progress)
+    bar = _progress.bar(planned, "DP-SGD steps", "steps", show=progress, initial=prog.done)
     loss_sum, loss_rows = 0.0, 0
     with BatchMemoryManager(
         data_loader=loader, max_physical_batch_size=budget.physical, optimizer=optimizer
@@ -134,7 +134,8 @@ def train_baseline(
     losses: list[float] = []
     every = max(1, round(1 / q))
     loss_sum, rows = 0.0, 0
-    for step, idx in enumerate(tqdm(sampler, desc="baseline steps", disable=not progress), 1):
+    steps_shown = _progress.track(sampler, "baseline steps", "steps", show=progress)
+    for step, idx in enumerate(steps_shown, 1):
         opt.zero_grad(set_to_none=True)
         idx_t = torch.as_tensor(idx, dtype=torch.long)
         for i in range(0, len(idx_t), physical):

@@ -288,7 +288,7 @@ def model_outputs(
 
     out = parallel.map_batches(
         prepare(model, data), batch_size, score, stage=stage, seed=seed,
-        desc="membership scores", progress=progress,
+        desc="membership scores", unit="images", progress=progress,
     )  # fmt: skip
     n = len(data)
     probs = out.get("probs", np.empty((n, model.num_classes), dtype=np.float32))

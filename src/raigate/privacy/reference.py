@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import Tensor, nn
 
 from raigate import parallel
+from raigate import progress as _progress
 from raigate.data.base import Dataset
 from raigate.errors import ConfigError
 from raigate.models.base import Model
@@ -263,10 +264,13 @@ def fit_recipe(
     recipe: ReferenceRecipe,
     seed: int,
     device: str,
+    *,
+    progress: bool = False,
 ) -> float:
     """Train ``net`` (on pixels through ``transform``, the audited model's normalization)
     with the recipe: plain minibatches, seeded shuffles and flips. Returns the training
-    accuracy. Also the way to train a target whose recipe the reference models repeat."""
+    accuracy. Also the way to train a target whose recipe the reference models repeat.
+    ``progress`` counts the epochs (inside the reference models' bar: a heartbeat)."""
     gen = torch.Generator().manual_seed(seed)
     net.to(device).train()
     transform = transform.to(device)
@@ -279,7 +283,7 @@ def fit_recipe(
             net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
             weight_decay=recipe.weight_decay,
         )  # fmt: skip
-    for _ in range(recipe.epochs):
+    for _ in _progress.track(range(recipe.epochs), "reference epochs", "epochs", show=progress):
         order = torch.randperm(len(y), generator=gen)
         for i in range(0, len(y), recipe.batch_size):
             idx = order[i : i + recipe.batch_size]
@@ -369,13 +373,13 @@ def train_reference(
     def train_one(pos: np.ndarray) -> parallel.Arrays:
         i = int(pos[0])
         net, arrays = _train_one(model, pool, mask[i], i, recipe, seed, device, queries,
-                                 batch_size)  # fmt: skip
+                                 batch_size, progress=progress)  # fmt: skip
         trained[i] = net
         return arrays
 
     got = parallel.map_positions(
         k, 1, train_one, stage="reference_models", seed=seed, desc="reference models",
-        progress=progress,
+        unit="models", progress=progress,
     )  # fmt: skip
     ledgers = [Ledger.model_validate(json.loads(str(t))) for t in got["ledger"] if str(t)]
     weights = [got["weights"][i].tobytes() for i in range(k)]
@@ -430,6 +434,8 @@ def _train_one(
     device: str,
     queries: int,
     batch_size: int,
+    *,
+    progress: bool = False,
 ) -> tuple[nn.Module, parallel.Arrays]:
     """Reference model ``i``, trained on the pool rows ``rows_in`` marks, and what every rank
     needs of it: its weights (safetensors bytes), its outputs on the pool, its ledger (DP)
@@ -450,7 +456,7 @@ def _train_one(
         # JSON's Infinity keeps an infinite epsilon; the check reads the summary back
         ledger = json.dumps(led.model_dump(mode="python"), allow_nan=True)
     else:
-        acc = fit_recipe(net, model.transform, x, y, recipe, s, device)
+        acc = fit_recipe(net, model.transform, x, y, recipe, s, device, progress=progress)
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     net.to(device).eval()
     transform = model.transform.to(device)

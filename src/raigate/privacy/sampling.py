@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from raigate import progress as _progress
 from raigate.data.base import Dataset
 
 __all__ = ["PoissonBatches", "TensorSet", "crop_flip", "load_tensors"]
@@ -35,9 +35,8 @@ def load_tensors(data: Dataset, *, progress: bool = True) -> tuple[Tensor, Tenso
         return torch.empty(0, *data.shape), torch.empty(0, dtype=torch.long)
     xs = torch.empty((n, *data.shape), dtype=torch.float32)
     ys = torch.empty(n, dtype=torch.long)
-    for x, y, idx in tqdm(
-        data.loader(256), desc="load training data", leave=False, disable=not progress
-    ):
+    batches = data.loader(256)
+    for x, y, idx in _progress.track(batches, "load training data", "batches", show=progress):
         xs[idx] = x
         ys[idx] = y
     return xs, ys
