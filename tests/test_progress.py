@@ -222,3 +222,16 @@ def test_cli_prints_plain_lines_without_a_terminal_and_none_with_quiet(
         (tmp_path / "a" / "predictions.csv").read_text(),
         (tmp_path / "b" / "predictions.csv").read_text(),
     )
+
+
+def test_a_loop_that_raises_leaves_no_bar_open() -> None:
+    """An open bar would make every later bar of the process a nested one (silent until
+    10 s pass); the sharded loop, the noise draws and DP-SGD close theirs on any exit."""
+    progress.set_mode("lines")
+
+    def boom(pos: np.ndarray) -> parallel.Arrays:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        parallel.map_positions(4, 2, boom, stage="t", seed=0, desc="t", progress=True)
+    assert progress.Lines.stack == []

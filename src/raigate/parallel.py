@@ -483,14 +483,14 @@ def _run(
             todo.append((b, pos))
     if store is not None and scope is not None and len(mine):
         scope.reused[stage] = len(mine)
-    bar = _progress.bar(sum(len(p) for _, p in todo), desc, unit, show=progress)
-    for b, arrays in compute(todo):
-        pos = batches[b]
-        mine[b] = arrays
-        if store is not None:
-            store.save(b, pos, arrays)
-        bar.update(len(pos))
-    bar.close()
+    # closed however the loop ends: an open bar would nest every later one under it
+    with _progress.bar(sum(len(p) for _, p in todo), desc, unit, show=progress) as bar:
+        for b, arrays in compute(todo):
+            pos = batches[b]
+            mine[b] = arrays
+            if store is not None:
+                store.save(b, pos, arrays)
+            bar.update(len(pos))
     return _concat(_gather(world, mine, len(batches)))
 
 

@@ -233,39 +233,38 @@ class SmoothedClassifier(Model):
         )
         votes = torch.zeros(b * k, dtype=torch.int64, device=x.device)
         total = b * n
-        bar = _progress.bar(total, "noise draws", "draws", show=progress)
-        for start in range(0, total, self.batch_size):
-            stop = min(start + self.batch_size, total)
-            first, last = start // n, (stop - 1) // n
-            shape = (stop - start, *x.shape[1:])
-            if own is None:
-                batch = torch.randn(shape, generator=shared, device=x.device, dtype=x.dtype)
-            else:  # each image's draws from its own stream, in order
-                batch = torch.cat(
-                    [
-                        torch.randn(
-                            (min(stop, (j + 1) * n) - max(start, j * n), *x.shape[1:]),
-                            generator=own[j],
-                            device=x.device,
-                            dtype=x.dtype,
-                        )
-                        for j in range(first, last + 1)
-                    ]
-                )
-            batch.mul_(self.sigma)
-            if first == last:  # one image: broadcast instead of gathering copies
-                batch.add_(x[first])
-                img = None
-            else:
-                img = torch.arange(start, stop, device=x.device) // n
-                batch.add_(x[img])
-            pred = self.base.logits(batch).argmax(dim=1)
-            if img is None:
-                votes[first * k : (first + 1) * k] += torch.bincount(pred, minlength=k)
-            else:
-                votes += torch.bincount(img * k + pred, minlength=b * k)
-            bar.update(stop - start)
-        bar.close()
+        with _progress.bar(total, "noise draws", "draws", show=progress) as bar:
+            for start in range(0, total, self.batch_size):
+                stop = min(start + self.batch_size, total)
+                first, last = start // n, (stop - 1) // n
+                shape = (stop - start, *x.shape[1:])
+                if own is None:
+                    batch = torch.randn(shape, generator=shared, device=x.device, dtype=x.dtype)
+                else:  # each image's draws from its own stream, in order
+                    batch = torch.cat(
+                        [
+                            torch.randn(
+                                (min(stop, (j + 1) * n) - max(start, j * n), *x.shape[1:]),
+                                generator=own[j],
+                                device=x.device,
+                                dtype=x.dtype,
+                            )
+                            for j in range(first, last + 1)
+                        ]
+                    )
+                batch.mul_(self.sigma)
+                if first == last:  # one image: broadcast instead of gathering copies
+                    batch.add_(x[first])
+                    img = None
+                else:
+                    img = torch.arange(start, stop, device=x.device) // n
+                    batch.add_(x[img])
+                pred = self.base.logits(batch).argmax(dim=1)
+                if img is None:
+                    votes[first * k : (first + 1) * k] += torch.bincount(pred, minlength=k)
+                else:
+                    votes += torch.bincount(img * k + pred, minlength=b * k)
+                bar.update(stop - start)
         return votes.view(b, k)
 
     def predict(  # type: ignore[override]

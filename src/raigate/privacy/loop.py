@@ -48,36 +48,35 @@ def train_steps(
     loader = torch.utils.data.DataLoader(
         TensorSet(x, y, w), batch_sampler=mach.batches, collate_fn=keep_batch
     )
-    bar = _progress.bar(planned, "DP-SGD steps", "steps", show=progress, initial=prog.done)
-    loss_sum, loss_rows = 0.0, 0
-    with BatchMemoryManager(
-        data_loader=loader, max_physical_batch_size=budget.physical, optimizer=optimizer
-    ) as physical_batches:
-        for batch in physical_batches:
-            if prog.done >= planned:
-                break
-            prog.drawn += len(batch[1])  # what ran, counted apart from what the sampler claims
-            if w is not None:
-                optimizer.sample_weights = batch[2].to(device)
-            loss, rows = _gradients(net, normalize, batch, mach, params, device)
-            loss_sum, loss_rows = loss_sum + loss * rows, loss_rows + rows
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if optimizer._is_last_step_skipped:
-                continue
-            prog.done += 1
-            bar.update(1)
-            if mach.accountant.history[-1][1] != mach.batches.sample_rate:  # charged = drawn
-                raise RuntimeError("the accountant was charged a different sample rate")
-            if prog.done % every == 0 or prog.done == planned:
-                prog.losses.append(loss_sum / max(loss_rows, 1))
-                loss_sum, loss_rows = 0.0, 0
-                checkpoint(prog, complete=prog.done == planned)
-            stop = params.stop_after_steps
-            if stop is not None and prog.done >= stop < planned:
-                prog.stopped = True  # as if killed here: what survives is the last checkpoint
-                break
-    bar.close()
+    with _progress.bar(planned, "DP-SGD steps", "steps", show=progress, initial=prog.done) as bar:
+        loss_sum, loss_rows = 0.0, 0
+        with BatchMemoryManager(
+            data_loader=loader, max_physical_batch_size=budget.physical, optimizer=optimizer
+        ) as physical_batches:
+            for batch in physical_batches:
+                if prog.done >= planned:
+                    break
+                prog.drawn += len(batch[1])  # what ran, counted apart from what the sampler claims
+                if w is not None:
+                    optimizer.sample_weights = batch[2].to(device)
+                loss, rows = _gradients(net, normalize, batch, mach, params, device)
+                loss_sum, loss_rows = loss_sum + loss * rows, loss_rows + rows
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if optimizer._is_last_step_skipped:
+                    continue
+                prog.done += 1
+                bar.update(1)
+                if mach.accountant.history[-1][1] != mach.batches.sample_rate:  # charged = drawn
+                    raise RuntimeError("the accountant was charged a different sample rate")
+                if prog.done % every == 0 or prog.done == planned:
+                    prog.losses.append(loss_sum / max(loss_rows, 1))
+                    loss_sum, loss_rows = 0.0, 0
+                    checkpoint(prog, complete=prog.done == planned)
+                stop = params.stop_after_steps
+                if stop is not None and prog.done >= stop < planned:
+                    prog.stopped = True  # as if killed here: what survives is the last checkpoint
+                    break
 
 
 def _gradients(
