@@ -58,12 +58,12 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from raigate import progress as _progress
@@ -95,7 +95,7 @@ from raigate.labels import data_to_model_index
 from raigate.models.base import Model, require_plain
 from raigate.parallel import Arrays, batch_seed, item_seed, map_batches, map_positions
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
-from raigate.values import Fraction, Seed
+from raigate.values import Fraction, Listed, Seed
 
 NAME = "explanations"
 DEFAULT_METHODS = ("integrated-gradients", "saliency", "gradcam", "smoothgrad", "occlusion")
@@ -110,7 +110,7 @@ class ExplainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    methods: list[str] | None = Field(
+    methods: Annotated[list[str], Listed] | None = Field(
         None,
         description="registered method names; default by the model's mode: DEFAULT_METHODS "
         "(white-box) or BLACK_BOX_METHODS (black-box, forward passes only)",
@@ -152,7 +152,12 @@ class ExplainParams(BaseModel):
     sanity_samples: int = Field(16, gt=0, description="images for the randomization test")
     sanity_layers: int = Field(5, gt=0, description="randomization checkpoints (depths)")
     sanity_max_spearman: float = Field(
-        0.7, ge=-1, le=1, description="fail when the fully randomized maps correlate above this"
+        0.7,
+        ge=-1,
+        le=1,
+        # the CLI spells it --max-sanity-spearman, like the other gates' --max-/--min- names
+        validation_alias=AliasChoices("sanity_max_spearman", "max_sanity_spearman"),
+        description="fail when the fully randomized maps correlate above this",
     )
     ig_delta_tolerance: Fraction = Field(
         0.05, gt=0, description="warn when |delta| > this x |f(x) - f(baseline)|"

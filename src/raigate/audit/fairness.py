@@ -52,7 +52,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -70,7 +70,7 @@ from raigate.labels import align_classes
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.sanity import accuracy_findings
-from raigate.values import Seed
+from raigate.values import Listed, Seed
 
 NAME = "fairness"
 FAIRFACE_ATTRIBUTES: tuple[str, ...] = ("race", "gender", "age")
@@ -110,11 +110,13 @@ class FairnessParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sensitive: list[str] | None = Field(
+    sensitive: Annotated[list[str], Listed] | None = Field(
         None, description="attribute columns; default: race, gender, age where present"
     )
     intersections: list[list[str]] | None = Field(
-        None, description="column combinations, e.g. [['race', 'gender']]; default race+gender"
+        None,
+        description='column combinations: [["race", "gender"]], or the CLI\'s text '
+        '"race+gender,age+gender" ("none": no intersections); default race+gender',
     )
     n_boot: int = Field(1000, ge=100, description="bootstrap replicates")
     min_group_size: int = Field(30, ge=1, description="smaller groups: insufficient data")
@@ -136,8 +138,10 @@ class FairnessParams(BaseModel):
         if value is None:
             return None
         if isinstance(value, str):
+            if value.strip().lower() == "none":  # --intersections none: no intersections
+                return []
             value = [v for v in value.split(",") if v.strip()]
-        return [v.split("+") if isinstance(v, str) else v for v in value]
+        return [[c.strip() for c in v.split("+")] if isinstance(v, str) else v for v in value]
 
 
 def params_from_options(**options: Any) -> FairnessParams:

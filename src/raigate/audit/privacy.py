@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,7 +36,7 @@ from raigate.environment import collect_environment
 from raigate.errors import ConfigError
 from raigate.models.base import Model, require_plain
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
-from raigate.values import Fraction, Seed
+from raigate.values import Fraction, Listed, Seed
 
 NAME = "privacy"
 
@@ -67,9 +67,9 @@ class PrivacyParams(BaseModel):
     ledger: str | None = Field(None, description="ledger.json of a DP run: the claimed epsilon")
     epsilon: Fraction | None = Field(None, gt=0, description="claimed epsilon (without a ledger)")
     delta: float | None = Field(None, gt=0, lt=1, description="delta (default: ledger's or 1e-5)")
-    attacks: list[Literal["loss", "art_blackbox", "lira_online", "lira_offline", "rmia"]] = Field(
-        default_factory=lambda: ["loss", "art_blackbox"]
-    )
+    attacks: Annotated[
+        list[Literal["loss", "art_blackbox", "lira_online", "lira_offline", "rmia"]], Listed
+    ] = Field(default_factory=lambda: ["loss", "art_blackbox"])
     art_attack_model: Literal["rf", "gb", "lr", "nn"] = "rf"
     # -- reference models (LiRA, RMIA: raigate.privacy.lira, raigate.privacy.reference) --
     population: str | None = Field(

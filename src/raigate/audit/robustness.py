@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -121,7 +122,7 @@ from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.sanity import accuracy_findings
 from raigate.stats import wilson_interval
 from raigate.throughput import Throughput, accelerate, resolve_batch_size
-from raigate.values import Fraction, Seed
+from raigate.values import Fraction, Listed, Seed
 
 NAME = "robustness"
 DEFAULT_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
@@ -140,7 +141,7 @@ class RobustnessParams(BaseModel):
     # model as smoothing_base (raigate.config)
     PLAN_MODEL_FIELDS: ClassVar[dict[str, str]] = {"smoothing_model": "smoothing_base"}
 
-    attacks: list[str] | None = Field(
+    attacks: Annotated[list[str], Listed] | None = Field(
         None,
         description="fgsm, pgd, square, hsj and/or art:NAME; default: fgsm and pgd on a "
         "white-box model, square on a black-box one",
@@ -148,8 +149,11 @@ class RobustnessParams(BaseModel):
     attack_params: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for art:NAME attacks (JSON)"
     )
-    norms: list[Literal["linf", "l2"]] = Field(default_factory=lambda: ["linf"])
-    eps: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_EPS))
+    # `norm` and `radii` are the CLI's names (--norm, --radii); a plan takes either spelling
+    norms: Annotated[list[Literal["linf", "l2"]], Listed] = Field(
+        default_factory=lambda: ["linf"], validation_alias=AliasChoices("norms", "norm")
+    )
+    eps: Annotated[list[Fraction], Listed] = Field(default_factory=lambda: list(DEFAULT_EPS))
     pgd_steps: int = Field(20, ge=1)
     pgd_restarts: int = Field(1, ge=1)
     pgd_step_size: Fraction | None = Field(None, gt=0, description="default 2.5*eps/steps")
@@ -171,7 +175,11 @@ class RobustnessParams(BaseModel):
     certify_n: int = Field(100_000, ge=1)
     certify_n0: int = Field(100, ge=1)
     alpha: float = Field(0.001, gt=0, lt=0.5)
-    certify_radii: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_RADII))
+    certify_radii: Annotated[list[Fraction], Listed] = Field(
+        default_factory=lambda: list(DEFAULT_RADII),
+        validation_alias=AliasChoices("certify_radii", "radii"),
+        description="L2 radii of the certified-accuracy table",
+    )
     certify_max_samples: int | None = Field(
         None, ge=1, description="certify a seeded class-stratified subset (default: all samples)"
     )
