@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from raigate.audit.fairness import load_thresholds
 from raigate.cli_common import make_params
 from raigate.commands.robustness import _FLAGS, _floats, _norms
 from raigate.config import DataSection, ModelSection, load_plan
@@ -107,3 +108,29 @@ def test_plan_errors_name_the_key_as_typed(tmp_path: Path, body: str, needle: st
     with pytest.raises(ConfigError) as err:
         load_plan(_plan(tmp_path, body))
     assert needle in str(err.value), err.value
+
+
+def test_plan_names_the_files_the_cli_takes(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "map.json").write_text('{"cat": "c", "dog": "d"}')
+    (tmp_path / "conf" / "gates.toml").write_text('selection_rate_ratio = "off"\n')
+    plan = load_plan(
+        _plan(
+            tmp_path,
+            '[checks.evaluate]\nlabel_map = "conf/map.json"\n'
+            '[checks.fairness]\nthresholds = "conf/gates.toml"\nlabel_map = {cat = "c"}\n',
+        )
+    )
+    ev, fair = (inst.params for inst in plan.check_instances())
+    assert ev.label_map == {"cat": "c", "dog": "d"}  # read relative to the plan, not the cwd
+    assert fair.label_map == {"cat": "c"}
+    assert fair.thresholds == load_thresholds(tmp_path / "conf" / "gates.toml")
+    assert fair.thresholds.selection_rate_ratio is None
+
+
+def test_a_missing_label_map_file_names_the_key(tmp_path: Path) -> None:
+    path = _plan(tmp_path, '[checks.robustness]\nlabel_map = "nowhere.json"\n')
+    with pytest.raises(
+        ConfigError, match=r"checks\.robustness\.label_map: .*nowhere\.json: label map"
+    ):
+        load_plan(path)

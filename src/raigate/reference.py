@@ -76,15 +76,15 @@ CLI_ONLY: dict[str, str] = {
 model, the data) or ``raigate audit`` takes it: where each goes in a plan."""
 
 FORM_NOTES: dict[str, str] = {
-    "--label-map": "CLI: a JSON file; plan: a table of model class -> data label",
-    "--thresholds": "CLI: a JSON or TOML file; plan: a [checks.fairness.thresholds] table",
+    "--label-map": "plan: the same JSON file's path, or a table of model class -> data label",
+    "--thresholds": "plan: the same file's path, or a [checks.fairness.thresholds] table",
     "--attack-params": "CLI: JSON text; plan: a table",
     "--smoothing-model": "CLI: a model spec; plan: the name of a [models.NAME] table",
     "--min-robust-accuracy": "repeat the option; plan: a list of the same strings or tables",
     "--min-certified-accuracy": "repeat the option; plan: a list of the same strings or tables",
 }
-"""Options whose plan key takes a different form than the command line's text (a file on the
-command line is its content in a plan, since a plan is itself the file)."""
+"""Options whose plan key takes more or other forms than the command line's text (a file the
+command line names may also be written into the plan as a table)."""
 
 
 def _command(path: str) -> Any:
@@ -252,9 +252,18 @@ def _model_section(
         if name in skip:
             continue
         keys = " or ".join(f"`{k}`" for k in _keys(name, field))
+        forms = _forms(field.annotation, field.metadata)
+        kind = getattr(cls, "PLAN_PATH_FIELDS", {}).get(name)
+        if kind == "data":
+            forms = "data spec (paths relative to the plan)"
+        elif kind == "path":
+            forms = (
+                "path (relative to the plan)"
+                if forms == "text"
+                else f"{forms}, or the path of a file holding it (relative to the plan)"
+            )
         option = options.get(name, "")
-        rows.append([keys, _forms(field.annotation, field.metadata), _default(field), option,
-                     field.description or ""])  # fmt: skip
+        rows.append([keys, forms, _default(field), option, field.description or ""])
     yield from _table(["key", "accepted forms", "default", "CLI option", "meaning"], rows)
 
 
@@ -293,7 +302,9 @@ of that check's `[checks.NAME]` table, with the same accepted forms: numbers tak
 accepts the option's spelling too (robustness `norm` for `norms`, `radii` for
 `certify_radii`; explanations `max_sanity_spearman` for `sanity_max_spearman`). Options for
 the model, the data and the run go where the plan says them once for every check (the
-"plan key" column). Paths in a plan are relative to the plan file. Commands that run no
+"plan key" column). Paths in a plan are relative to the plan file; a file an option takes
+(`--label-map`, `--thresholds`) is the same path in a plan, or its content as a table.
+Commands that run no
 check (`privacy train`, `harden ...`, `models`, `data`) are documented by their `--help`.
 """
 

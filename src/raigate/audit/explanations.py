@@ -58,7 +58,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -91,7 +91,7 @@ from raigate.explain.metrics import (
     square_removal,
 )
 from raigate.explain.sanity import cascade, cascade_plan, randomization_units
-from raigate.labels import data_to_model_index
+from raigate.labels import LabelMap, data_to_model_index
 from raigate.models.base import Model, require_plain
 from raigate.parallel import Arrays, batch_seed, item_seed, map_batches, map_positions
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
@@ -109,6 +109,8 @@ class ExplainParams(BaseModel):
     """Parameters of the explanations check (every one is echoed into ``result.json``)."""
 
     model_config = ConfigDict(extra="forbid")
+    # resolved relative to the audit plan file (raigate.config); a label map may be a JSON file
+    PLAN_PATH_FIELDS: ClassVar[dict[str, str]] = {"label_map": "path"}
 
     methods: Annotated[list[str], Listed] | None = Field(
         None,
@@ -119,7 +121,7 @@ class ExplainParams(BaseModel):
     target: Literal["predicted", "label"] = Field(
         "predicted", description="class explained: the model's prediction or the true label"
     )
-    label_map: dict[str, str] | None = Field(None, description="model class -> data label")
+    label_map: LabelMap = Field(None, description="model class -> data label")
     layer: str | None = Field(None, description="Grad-CAM layer (module name in model.net)")
     baseline: Literal["black", "blur", "uniform"] = Field(
         "black",

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from raigate.data.base import Dataset
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError
+from raigate.labels import LabelMap
 from raigate.models.base import Model, require_plain
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.values import Fraction, Listed, Seed
@@ -56,6 +57,7 @@ class PrivacyParams(BaseModel):
         "reference": "path",
         "reference_init": "path",
         "reference_recipe_from": "path",
+        "label_map": "path",
     }
 
     members: str = Field(description="data spec of the training members, e.g. cifar100:ROOT:train")
@@ -108,7 +110,7 @@ class PrivacyParams(BaseModel):
     alpha: float = Field(0.05, gt=0, lt=1, description="1 - confidence of the epsilon bound")
     max_auc: float | None = Field(None, ge=0.5, le=1, description="gate: fail above this AUC")
     task: str | None = None
-    label_map: dict[str, str] | None = None
+    label_map: LabelMap = Field(None, description="model class -> data label")
     batch_size: int = Field(256, gt=0)
     device: str = "cpu"
     seed: Seed = 0

@@ -115,7 +115,7 @@ from raigate.data.base import Dataset, select
 from raigate.defenses.smoothing import SmoothedClassifier, predict_from_counts
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError
-from raigate.labels import align_classes, data_to_model_index
+from raigate.labels import LabelMap, align_classes, data_to_model_index
 from raigate.models.base import Model, require_plain
 from raigate.parallel import current, item_seed, map_batches
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
@@ -140,6 +140,8 @@ class RobustnessParams(BaseModel):
     # in an audit plan, smoothing_model names a [models.NAME] table; run() takes the loaded
     # model as smoothing_base (raigate.config)
     PLAN_MODEL_FIELDS: ClassVar[dict[str, str]] = {"smoothing_model": "smoothing_base"}
+    # resolved relative to the audit plan file (raigate.config); a label map may be a JSON file
+    PLAN_PATH_FIELDS: ClassVar[dict[str, str]] = {"label_map": "path"}
 
     attacks: Annotated[list[str], Listed] | None = Field(
         None,
@@ -205,7 +207,7 @@ class RobustnessParams(BaseModel):
     gate_alpha: float = Field(
         0.05, gt=0, lt=1, description="family-wise error of the robustness gates (Bonferroni)"
     )
-    label_map: dict[str, str] | None = None
+    label_map: LabelMap = Field(None, description="model class -> data label")
     batch_size: int = Field(128, gt=0, description="images per attack batch")
     smoothing_batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         1000, description='noisy images per forward pass; "auto": measured (raigate.throughput)'
