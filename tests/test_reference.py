@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from raigate.attacks import parse_attack_params
 from raigate.audit.fairness import load_thresholds
 from raigate.cli_common import make_params
 from raigate.commands.robustness import _FLAGS, _floats, _norms
@@ -57,7 +58,8 @@ def test_plan_takes_the_option_names_and_comma_text(tmp_path: Path) -> None:
         _plan(
             tmp_path,
             '[checks.robustness]\nnorm = "linf,l2"\neps = "1/255, 2/255"\nradii = "0,1/4"\n'
-            'attacks = "pgd,fgsm"\nmin_robust_accuracy = ["pgd:linf:2/255=0.1"]\n'
+            'attacks = "pgd,fgsm"\nmin_robust_accuracy = "pgd:linf:2/255=0.1"\n'
+            "attack_params = '{\"max_iter\": 3}'\n"
             '[checks.explanations]\nmax_sanity_spearman = 0.5\nmethods = "saliency"\n'
             '[checks.fairness]\nsensitive = "race,gender"\nintersections = "none"\n'
             '[checks.privacy]\nmembers = "demo:train"\nattacks = "loss"\n',
@@ -76,6 +78,7 @@ def test_plan_takes_the_option_names_and_comma_text(tmp_path: Path) -> None:
         type(rob), _FLAGS, norms=_norms("linf,l2"), eps=_floats("1/255, 2/255", "eps"),
         certify_radii=_floats("0,1/4", "radii"), attacks=["pgd", "fgsm"],
         min_robust_accuracy=["pgd:linf:2/255=0.1"],
+        attack_params=parse_attack_params('{"max_iter": 3}'),
     )  # fmt: skip
     assert cli.model_dump() == rob.model_dump()
 

@@ -78,10 +78,11 @@ model, the data) or ``raigate audit`` takes it: where each goes in a plan."""
 FORM_NOTES: dict[str, str] = {
     "--label-map": "plan: the same JSON file's path, or a table of model class -> data label",
     "--thresholds": "plan: the same file's path, or a [checks.fairness.thresholds] table",
-    "--attack-params": "CLI: JSON text; plan: a table",
+    "--attack-params": "plan: the same JSON text, or a table",
     "--smoothing-model": "CLI: a model spec; plan: the name of a [models.NAME] table",
-    "--min-robust-accuracy": "repeat the option; plan: a list of the same strings or tables",
-    "--min-certified-accuracy": "repeat the option; plan: a list of the same strings or tables",
+    "--min-robust-accuracy": "repeat the option; plan: one string, or a list of strings or tables",
+    "--min-certified-accuracy": "repeat the option; plan: one string, or a list of strings or "
+    "tables",
 }
 """Options whose plan key takes more or other forms than the command line's text (a file the
 command line names may also be written into the plan as a table)."""
@@ -304,8 +305,8 @@ accepts the option's spelling too (robustness `norm` for `norms`, `radii` for
 the model, the data and the run go where the plan says them once for every check (the
 "plan key" column). Paths in a plan are relative to the plan file; a file an option takes
 (`--label-map`, `--thresholds`) is the same path in a plan, or its content as a table.
-Commands that run no
-check (`privacy train`, `harden ...`, `models`, `data`) are documented by their `--help`.
+Commands that run no check (`privacy train`, `harden ...`, `models`, `data`) are documented
+by their `--help`.
 """
 
 

@@ -75,6 +75,7 @@ from raigate.attacks import (
     fgsm,
     hop_skip_jump,
     is_black_box,
+    parse_attack_params,
     perturbation_norm,
     pgd_search,
     resolve_art_attack,
@@ -249,6 +250,17 @@ class RobustnessParams(BaseModel):
         if not v:
             raise ValueError("give at least one norm (linf, l2)")
         return list(dict.fromkeys(v))
+
+    @field_validator("attack_params", mode="before")
+    @classmethod
+    def _attack_params_text(cls, v: Any) -> Any:
+        # the JSON text --attack-params takes; a plan may also write the table itself
+        if not isinstance(v, str):
+            return v
+        try:
+            return parse_attack_params(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("min_robust_accuracy", mode="before")
     @classmethod
