@@ -221,17 +221,12 @@ def resolve_device(choice: str) -> str:
 def read_label_map(path: Path | None) -> dict[str, str] | None:
     if path is None:
         return None
+    from raigate.labels import read_label_map_file
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: --label-map file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}: --label-map is not valid JSON ({exc.msg} at line {exc.lineno})"
-        ) from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ConfigError(f"{path}: --label-map must be a JSON object of model class -> data label")
-    return {str(k): v for k, v in data.items()}
+        return read_label_map_file(path)
+    except ValueError as exc:
+        raise ConfigError(f"--label-map {exc}") from None
 
 
 def format_table(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -53,12 +53,19 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from raigate.errors import ConfigError
-from raigate.values import Fraction, Seed
+from raigate.values import Fraction, Listed, Seed
 
 
 class ModelSection(BaseModel):
@@ -66,12 +73,23 @@ class ModelSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    spec: str
-    weights: str | None = None
-    class_names: list[str] | None = None
-    input_size: list[int] | None = None
-    mean: list[Fraction] | None = None
-    std: list[Fraction] | None = None
+    spec: str = Field(description="any model spec (a spec file, hf:, onnx:, pkg.module:factory)")
+    weights: str | None = Field(
+        None, description="weights for a pkg.module:factory spec (.safetensors or .pt state dict)"
+    )
+    # lists also take the CLI's comma text: class_names = "cat,dog", mean = "0.5,0.5,0.5"
+    class_names: Annotated[list[str], Listed] | None = Field(
+        None, description="the model's classes in output order, where the spec lacks them"
+    )
+    input_size: Annotated[list[int], Listed] | None = Field(
+        None, description="C,H,W the model takes, e.g. [3, 32, 32]"
+    )
+    mean: Annotated[list[Fraction], Listed] | None = Field(
+        None, description="per-channel normalization mean on [0,1] pixels"
+    )
+    std: Annotated[list[Fraction], Listed] | None = Field(
+        None, description="per-channel normalization std on [0,1] pixels"
+    )
     random_init: bool = Field(
         False, description="a factory without weights is meant: audit an untrained network"
     )
@@ -81,8 +99,12 @@ class ModelSection(BaseModel):
         "--preprocess (resize, resize_mode, interpolation, crop, channel_order, value_scale, "
         "layout), or the same key=value text",
     )
-    outputs: Literal["auto", "logits", "probs"] | None = None
-    mode: Literal["auto", "white-box", "black-box"] | None = None
+    outputs: Literal["auto", "logits", "probs"] | None = Field(
+        None, description="onnx:/pyfn: models output logits or probs (default: detected)"
+    )
+    mode: Literal["auto", "white-box", "black-box"] | None = Field(
+        None, description="onnx: models: white-box (torch conversion), black-box (queries only)"
+    )
 
     @field_validator("preprocess")
     @classmethod
@@ -102,10 +124,14 @@ class DataSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    spec: str
-    task: str | None = None
-    limit: int | None = Field(None, gt=0)
-    sample: int | None = Field(None, gt=0)
+    spec: str = Field(description="any data spec, e.g. demo:test or fairface:ROOT:val")
+    task: str | None = Field(
+        None, description="which label: FairFace gender|age|race, CIFAR-100 fine|coarse"
+    )
+    limit: int | None = Field(None, gt=0, description="use only the first N samples")
+    sample: int | None = Field(
+        None, gt=0, description="a seeded random N samples, stratified by label"
+    )
 
 
 class CardSection(BaseModel):
@@ -215,6 +241,7 @@ class AuditPlan(BaseModel):
                     f"declare [models.{model}] or use one of: {', '.join(known_models)}"
                 )
             _, params_cls = CHECKS[check]
+            _one_spelling(where, name, params_cls, values)
             if "seed" in params_cls.model_fields and "seed" not in values:
                 values["seed"] = self.seed
             try:
@@ -230,6 +257,20 @@ class AuditPlan(BaseModel):
                     )
             out.append(CheckInstance(name=name, check=check, model=model, params=params))
         return out
+
+
+def _one_spelling(where: str, table: str, params_cls: type, values: dict[str, Any]) -> None:
+    """A key a plan may spell two ways (the field's name and its CLI option's, e.g. ``norms``
+    and ``norm``) given both ways is a ConfigError, not pydantic's "extra input"."""
+    for field_name, field in params_cls.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            given = [k for k in alias.choices if isinstance(k, str) and k in values]
+            if len(given) > 1:
+                raise ConfigError(
+                    f"{where}: checks.{table}: {' and '.join(given)} are one key "
+                    f"({field_name}); give it once"
+                )
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -7,14 +7,45 @@ tolerant of case, spaces, ``_``, ``-`` and ``/`` (``Latino_Hispanic`` = ``Latino
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BeforeValidator
 
 from raigate.errors import ConfigError
 
 _SEP = re.compile(r"[\s_\-/]+")
+
+
+def read_label_map_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The model class -> data label table in a JSON file: what ``--label-map FILE`` and a
+    plan's ``label_map = "FILE"`` name. A ValueError naming the file says what is wrong."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise ValueError(f"{p}: label map file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{p}: label map is not valid JSON ({exc.msg} at line {exc.lineno})"
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ValueError(f"{p}: a label map must be a JSON object of model class -> data label")
+    return {str(k): v for k, v in data.items()}
+
+
+def _label_map_input(value: Any) -> Any:
+    return read_label_map_file(value) if isinstance(value, str) else value
+
+
+LabelMap = Annotated[dict[str, str] | None, BeforeValidator(_label_map_input)]
+"""A params field for a label map: a table, or the path of a JSON file holding one (the form
+``--label-map`` takes), so a plan can name the same file the command line does."""
 
 
 def normalize_label(name: str) -> str:

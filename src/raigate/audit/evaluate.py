@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ from raigate._io import write_atomic
 from raigate.data.base import Dataset
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError, DataError
-from raigate.labels import align_classes
+from raigate.labels import LabelMap, align_classes
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.sanity import accuracy_findings
@@ -41,11 +41,13 @@ class EvaluateParams(BaseModel):
     """Parameters of the evaluate check."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # resolved relative to the audit plan file (raigate.config); a label map may be a JSON file
+    PLAN_PATH_FIELDS: ClassVar[dict[str, str]] = {"label_map": "path"}
 
     batch_size: int = Field(128, gt=0, description="images per forward pass")
     workers: int = Field(0, ge=0, description="DataLoader worker processes reading images")
     min_accuracy: float | None = Field(None, ge=0, le=1, description="gate: fail below this")
-    label_map: dict[str, str] | None = Field(None, description="model class -> data label")
+    label_map: LabelMap = Field(None, description="model class -> data label")
     device: str = "cpu"
     seed: Seed = 0
     progress: bool = True

@@ -58,12 +58,12 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from raigate import progress as _progress
@@ -91,11 +91,11 @@ from raigate.explain.metrics import (
     square_removal,
 )
 from raigate.explain.sanity import cascade, cascade_plan, randomization_units
-from raigate.labels import data_to_model_index
+from raigate.labels import LabelMap, data_to_model_index
 from raigate.models.base import Model, require_plain
 from raigate.parallel import Arrays, batch_seed, item_seed, map_batches, map_positions
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
-from raigate.values import Fraction, Seed
+from raigate.values import Fraction, Listed, Seed
 
 NAME = "explanations"
 DEFAULT_METHODS = ("integrated-gradients", "saliency", "gradcam", "smoothgrad", "occlusion")
@@ -109,8 +109,10 @@ class ExplainParams(BaseModel):
     """Parameters of the explanations check (every one is echoed into ``result.json``)."""
 
     model_config = ConfigDict(extra="forbid")
+    # resolved relative to the audit plan file (raigate.config); a label map may be a JSON file
+    PLAN_PATH_FIELDS: ClassVar[dict[str, str]] = {"label_map": "path"}
 
-    methods: list[str] | None = Field(
+    methods: Annotated[list[str], Listed] | None = Field(
         None,
         description="registered method names; default by the model's mode: DEFAULT_METHODS "
         "(white-box) or BLACK_BOX_METHODS (black-box, forward passes only)",
@@ -119,7 +121,7 @@ class ExplainParams(BaseModel):
     target: Literal["predicted", "label"] = Field(
         "predicted", description="class explained: the model's prediction or the true label"
     )
-    label_map: dict[str, str] | None = Field(None, description="model class -> data label")
+    label_map: LabelMap = Field(None, description="model class -> data label")
     layer: str | None = Field(None, description="Grad-CAM layer (module name in model.net)")
     baseline: Literal["black", "blur", "uniform"] = Field(
         "black",
@@ -152,7 +154,12 @@ class ExplainParams(BaseModel):
     sanity_samples: int = Field(16, gt=0, description="images for the randomization test")
     sanity_layers: int = Field(5, gt=0, description="randomization checkpoints (depths)")
     sanity_max_spearman: float = Field(
-        0.7, ge=-1, le=1, description="fail when the fully randomized maps correlate above this"
+        0.7,
+        ge=-1,
+        le=1,
+        # the CLI spells it --max-sanity-spearman, like the other gates' --max-/--min- names
+        validation_alias=AliasChoices("sanity_max_spearman", "max_sanity_spearman"),
+        description="fail when the fully randomized maps correlate above this",
     )
     ig_delta_tolerance: Fraction = Field(
         0.05, gt=0, description="warn when |delta| > this x |f(x) - f(baseline)|"

@@ -52,7 +52,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -66,11 +66,11 @@ from raigate.audit.evaluate import predict, require_inputs
 from raigate.data.base import Dataset
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError, DataError
-from raigate.labels import align_classes
+from raigate.labels import LabelMap, align_classes
 from raigate.models.base import Model
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.sanity import accuracy_findings
-from raigate.values import Seed
+from raigate.values import Listed, Seed
 
 NAME = "fairness"
 FAIRFACE_ATTRIBUTES: tuple[str, ...] = ("race", "gender", "age")
@@ -109,18 +109,26 @@ class FairnessParams(BaseModel):
     """Parameters of the fairness check (see the module docstring for the statistics)."""
 
     model_config = ConfigDict(extra="forbid")
+    # resolved relative to the audit plan file (raigate.config): the files the CLI takes
+    PLAN_PATH_FIELDS: ClassVar[dict[str, str]] = {"label_map": "path", "thresholds": "path"}
 
-    sensitive: list[str] | None = Field(
+    sensitive: Annotated[list[str], Listed] | None = Field(
         None, description="attribute columns; default: race, gender, age where present"
     )
     intersections: list[list[str]] | None = Field(
-        None, description="column combinations, e.g. [['race', 'gender']]; default race+gender"
+        None,
+        description='column combinations: [["race", "gender"]], or the CLI\'s text '
+        '"race+gender,age+gender" ("none": no intersections); default race+gender',
     )
     n_boot: int = Field(1000, ge=100, description="bootstrap replicates")
     min_group_size: int = Field(30, ge=1, description="smaller groups: insufficient data")
     alpha: float = Field(0.05, gt=0, lt=0.5, description="intervals are 1 - alpha")
-    thresholds: FairnessThresholds = Field(default_factory=FairnessThresholds)
-    label_map: dict[str, str] | None = Field(None, description="model class -> data label")
+    thresholds: FairnessThresholds = Field(
+        default_factory=FairnessThresholds,
+        description="gates: accuracy_difference, selection_rate_ratio, "
+        'equalized_odds_difference ("off" disables one)',
+    )
+    label_map: LabelMap = Field(None, description="model class -> data label")
     ordinal: bool | None = Field(None, description="ordered classes; default: task is age")
     batch_size: int = Field(128, gt=0)
     workers: int = Field(0, ge=0)
@@ -129,6 +137,17 @@ class FairnessParams(BaseModel):
     plots: bool = True
     progress: bool = True
 
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _thresholds_file(cls, value: Any) -> Any:
+        # thresholds = "gates.toml": the file --thresholds takes
+        if not isinstance(value, str):
+            return value
+        try:
+            return load_thresholds(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("intersections", mode="before")
     @classmethod
     def _split_plus(cls, value: Any) -> Any:
@@ -136,8 +155,10 @@ class FairnessParams(BaseModel):
         if value is None:
             return None
         if isinstance(value, str):
+            if value.strip().lower() == "none":  # --intersections none: no intersections
+                return []
             value = [v for v in value.split(",") if v.strip()]
-        return [v.split("+") if isinstance(v, str) else v for v in value]
+        return [[c.strip() for c in v.split("+")] if isinstance(v, str) else v for v in value]
 
 
 def params_from_options(**options: Any) -> FairnessParams:

@@ -27,16 +27,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from raigate.data.base import Dataset
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError
+from raigate.labels import LabelMap
 from raigate.models.base import Model, require_plain
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
-from raigate.values import Fraction, Seed
+from raigate.values import Fraction, Listed, Seed
 
 NAME = "privacy"
 
@@ -56,6 +57,7 @@ class PrivacyParams(BaseModel):
         "reference": "path",
         "reference_init": "path",
         "reference_recipe_from": "path",
+        "label_map": "path",
     }
 
     members: str = Field(description="data spec of the training members, e.g. cifar100:ROOT:train")
@@ -67,9 +69,9 @@ class PrivacyParams(BaseModel):
     ledger: str | None = Field(None, description="ledger.json of a DP run: the claimed epsilon")
     epsilon: Fraction | None = Field(None, gt=0, description="claimed epsilon (without a ledger)")
     delta: float | None = Field(None, gt=0, lt=1, description="delta (default: ledger's or 1e-5)")
-    attacks: list[Literal["loss", "art_blackbox", "lira_online", "lira_offline", "rmia"]] = Field(
-        default_factory=lambda: ["loss", "art_blackbox"]
-    )
+    attacks: Annotated[
+        list[Literal["loss", "art_blackbox", "lira_online", "lira_offline", "rmia"]], Listed
+    ] = Field(default_factory=lambda: ["loss", "art_blackbox"])
     art_attack_model: Literal["rf", "gb", "lr", "nn"] = "rf"
     # -- reference models (LiRA, RMIA: raigate.privacy.lira, raigate.privacy.reference) --
     population: str | None = Field(
@@ -108,7 +110,7 @@ class PrivacyParams(BaseModel):
     alpha: float = Field(0.05, gt=0, lt=1, description="1 - confidence of the epsilon bound")
     max_auc: float | None = Field(None, ge=0.5, le=1, description="gate: fail above this AUC")
     task: str | None = None
-    label_map: dict[str, str] | None = None
+    label_map: LabelMap = Field(None, description="model class -> data label")
     batch_size: int = Field(256, gt=0)
     device: str = "cpu"
     seed: Seed = 0

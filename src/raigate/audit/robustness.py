@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -74,6 +75,7 @@ from raigate.attacks import (
     fgsm,
     hop_skip_jump,
     is_black_box,
+    parse_attack_params,
     perturbation_norm,
     pgd_search,
     resolve_art_attack,
@@ -114,14 +116,14 @@ from raigate.data.base import Dataset, select
 from raigate.defenses.smoothing import SmoothedClassifier, predict_from_counts
 from raigate.environment import collect_environment
 from raigate.errors import ConfigError
-from raigate.labels import align_classes, data_to_model_index
+from raigate.labels import LabelMap, align_classes, data_to_model_index
 from raigate.models.base import Model, require_plain
 from raigate.parallel import current, item_seed, map_batches
 from raigate.results import CheckResult, DataRef, Finding, ModelRef
 from raigate.sanity import accuracy_findings
 from raigate.stats import wilson_interval
 from raigate.throughput import Throughput, accelerate, resolve_batch_size
-from raigate.values import Fraction, Seed
+from raigate.values import Fraction, Listed, Seed
 
 NAME = "robustness"
 DEFAULT_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
@@ -139,8 +141,10 @@ class RobustnessParams(BaseModel):
     # in an audit plan, smoothing_model names a [models.NAME] table; run() takes the loaded
     # model as smoothing_base (raigate.config)
     PLAN_MODEL_FIELDS: ClassVar[dict[str, str]] = {"smoothing_model": "smoothing_base"}
+    # resolved relative to the audit plan file (raigate.config); a label map may be a JSON file
+    PLAN_PATH_FIELDS: ClassVar[dict[str, str]] = {"label_map": "path"}
 
-    attacks: list[str] | None = Field(
+    attacks: Annotated[list[str], Listed] | None = Field(
         None,
         description="fgsm, pgd, square, hsj and/or art:NAME; default: fgsm and pgd on a "
         "white-box model, square on a black-box one",
@@ -148,8 +152,11 @@ class RobustnessParams(BaseModel):
     attack_params: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments for art:NAME attacks (JSON)"
     )
-    norms: list[Literal["linf", "l2"]] = Field(default_factory=lambda: ["linf"])
-    eps: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_EPS))
+    # `norm` and `radii` are the CLI's names (--norm, --radii); a plan takes either spelling
+    norms: Annotated[list[Literal["linf", "l2"]], Listed] = Field(
+        default_factory=lambda: ["linf"], validation_alias=AliasChoices("norms", "norm")
+    )
+    eps: Annotated[list[Fraction], Listed] = Field(default_factory=lambda: list(DEFAULT_EPS))
     pgd_steps: int = Field(20, ge=1)
     pgd_restarts: int = Field(1, ge=1)
     pgd_step_size: Fraction | None = Field(None, gt=0, description="default 2.5*eps/steps")
@@ -171,7 +178,11 @@ class RobustnessParams(BaseModel):
     certify_n: int = Field(100_000, ge=1)
     certify_n0: int = Field(100, ge=1)
     alpha: float = Field(0.001, gt=0, lt=0.5)
-    certify_radii: list[Fraction] = Field(default_factory=lambda: list(DEFAULT_RADII))
+    certify_radii: Annotated[list[Fraction], Listed] = Field(
+        default_factory=lambda: list(DEFAULT_RADII),
+        validation_alias=AliasChoices("certify_radii", "radii"),
+        description="L2 radii of the certified-accuracy table",
+    )
     certify_max_samples: int | None = Field(
         None, ge=1, description="certify a seeded class-stratified subset (default: all samples)"
     )
@@ -197,7 +208,7 @@ class RobustnessParams(BaseModel):
     gate_alpha: float = Field(
         0.05, gt=0, lt=1, description="family-wise error of the robustness gates (Bonferroni)"
     )
-    label_map: dict[str, str] | None = None
+    label_map: LabelMap = Field(None, description="model class -> data label")
     batch_size: int = Field(128, gt=0, description="images per attack batch")
     smoothing_batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         1000, description='noisy images per forward pass; "auto": measured (raigate.throughput)'
@@ -239,6 +250,17 @@ class RobustnessParams(BaseModel):
         if not v:
             raise ValueError("give at least one norm (linf, l2)")
         return list(dict.fromkeys(v))
+
+    @field_validator("attack_params", mode="before")
+    @classmethod
+    def _attack_params_text(cls, v: Any) -> Any:
+        # the JSON text --attack-params takes; a plan may also write the table itself
+        if not isinstance(v, str):
+            return v
+        try:
+            return parse_attack_params(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("min_robust_accuracy", mode="before")
     @classmethod

@@ -162,6 +162,8 @@ def coerce_rules(cls: type[Any], values: Any) -> list[Any]:
     ``"..."`` form (so a plan accepts whatever the command line accepts)."""
     if values is None:
         return []
+    if isinstance(values, str):  # one rule, as one --min-... option gives it
+        values = [values]
     if not isinstance(values, list | tuple):
         raise ValueError('give a list of rules, e.g. [{...}, ...] or ["..."]')
     return [cls.from_text(v) if isinstance(v, str) else v for v in values]
