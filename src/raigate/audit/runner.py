@@ -208,7 +208,7 @@ def _run(
         )
     parallel.remove_progress(out)  # the bundle holds nothing else
     report = _report(plan, device, model, models, data, results, fail_on)
-    _write_bundle(report, out, plan, data.manifest.to_dict())
+    _write_bundle(report, out, plan, data.manifest.to_dict(), signing_key=private_key)
     signed = private_key is not None
     if private_key is not None:
         sign_bundle(out, report, private_key, plan_dir=plan_folder(plan), key_path=key)
@@ -346,14 +346,23 @@ def preflight(
 
 
 def _write_bundle(
-    report: AuditReport, out: Path, plan: AuditPlan, manifest: dict[str, Any]
+    report: AuditReport,
+    out: Path,
+    plan: AuditPlan,
+    manifest: dict[str, Any],
+    *,
+    signing_key: Any = None,
 ) -> None:
+    """Write the bundle's files. ``signing_key``: the key that will sign the bundle next;
+    the page names its key id, since the signature is made only after the page exists."""
+    from raigate.reports.attest import key_id
     from raigate.reports.mlbom import MLBOM_FILE, build_mlbom
     from raigate.reports.render import render_html, render_junit, render_model_card
 
+    kid = key_id(signing_key.public_key()) if signing_key is not None else None
     write_atomic(out / "model-manifest.json", dumps(report.model))
     write_atomic(out / "data-manifest.json", dumps(manifest))
-    write_atomic(out / "report.html", render_html(report, out))
+    write_atomic(out / "report.html", render_html(report, out, key_id=kid))
     write_atomic(out / "model-card.md", render_model_card(report, plan.card.model_dump()))
     write_atomic(out / "junit.xml", render_junit(report))
     write_atomic(out / MLBOM_FILE, build_mlbom(report, plan))
