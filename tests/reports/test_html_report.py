@@ -168,3 +168,19 @@ def test_plot_is_reencoded_narrower_and_smaller(tmp_path: Path) -> None:
     with Image.open(io.BytesIO(data)) as small:
         assert small.width == PLOT_WIDTH and small.height == round(600 * PLOT_WIDTH / 1500)
     assert len(data) <= path.stat().st_size
+
+
+def test_pdf_needs_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from raigate.reports import pdf
+
+    page = tmp_path / "r.html"
+    page.write_text("<p>x</p>")
+    # a browser that does not run leaves no file behind, not even a temporary one
+    assert pdf.print_pdf(page, tmp_path / "r.pdf", browser=str(tmp_path / "none")) is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+    monkeypatch.setattr(pdf, "find_chromium", lambda: None)
+    assert pdf.print_pdf(page, tmp_path / "r.pdf") is False
+    (tmp_path / "plan.toml").write_text(PLAN)
+    args = ["audit", str(tmp_path / "plan.toml"), "--out", str(tmp_path / "o"), "--pdf"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--pdf: no Chromium" in res.output, res.output
