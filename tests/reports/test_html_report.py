@@ -184,3 +184,35 @@ def test_pdf_needs_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     args = ["audit", str(tmp_path / "plan.toml"), "--out", str(tmp_path / "o"), "--pdf"]
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "--pdf: no Chromium" in res.output, res.output
+
+
+@pytest.mark.parametrize(
+    "gate_id",
+    [
+        "evaluate.min_accuracy",
+        "evaluate.chance_level",
+        "fairness.input_scale",
+        "model.normalization_scale",
+        "data.limit_misses_classes",
+        "fairness.accuracy_difference[race]",
+        "fairness.selection_rate_ratio[race+gender]",
+        "fairness.equalized_odds_difference[age]",
+        "robustness.min_robust_accuracy[pgd linf eps=8/255]",
+        "robustness.min_certified_accuracy[r=0.25]",
+        "robustness.query_budget.square",
+        "robustness.smoothing.certified_accuracy",
+        "robustness.masking.large_eps.model",
+        "privacy.empirical_epsilon",
+        "privacy.membership_auc",
+        "privacy.spent_epsilon",
+        "privacy.sampler",
+        "explanations.faithfulness.saliency",
+        "explanations.sanity.saliency",
+        "explanations.sanity",
+        "explanations.ig_delta",
+    ],
+)
+def test_every_gate_kind_has_a_direction(gate_id: str) -> None:
+    """Each finding id the checks write (grep 'id=' in src/raigate) reads with a direction."""
+    rule = rule_for(gate_id)
+    assert rule is not None and rule.direction and rule.passing
