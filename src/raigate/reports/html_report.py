@@ -4,10 +4,11 @@ reading Python.
 
 Three rules shape the page. Paths are shown relative to the bundle (a report copied to
 another machine must not name the auditor's disk). Plots are re-encoded for the page (at
-most :data:`PLOT_WIDTH` pixels wide, a 128-colour palette, optimized PNG): the signed files
-in ``checks/`` keep their full resolution, the page stays small enough to mail. Detail
-tables are collapsed, so the printed page holds the decisions and the tables stay one click
-away.
+most :data:`PLOT_WIDTH` pixels wide, a 128-colour palette, optimized PNG; an area's first
+plot is its key plot, the others are smaller and collapsed): the signed files in
+``checks/`` keep their full resolution, and the page stays small enough to mail (the demo's
+under 1 MB). Detail tables are collapsed, so the printed page holds the decisions and the
+tables stay one click away.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from raigate.reports.render import (
 )
 from raigate.results import AuditReport, CheckResult
 
-MAX_ROWS = 100
+MAX_ROWS = 50
 """Rows shown per detail table; the rest are in report.json (the page states how many)."""
 PLOT_WIDTH = 720
-"""Widest embedded plot in pixels: readable on screen and on an A4 page."""
-_PALETTE = 128
+"""Widest key plot in pixels: readable on screen and on an A4 page."""
+MORE_PLOT_WIDTH = 600
+"""Widest of an area's further plots (collapsed): an overview; checks/ holds full size."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,10 +85,13 @@ def relative_spec(spec: str, bundle: Path) -> str:
     )
 
 
-def table(records: list[dict[str, Any]], caption: str | None = None) -> dict[str, Any]:
+def table(
+    records: list[dict[str, Any]], caption: str | None = None, *, bundle: Path | None = None
+) -> dict[str, Any]:
     """A table for the templates: the union of the records' columns in first-seen order,
-    cells formatted, at most :data:`MAX_ROWS` rows with the remainder counted. A confusion
-    matrix (``true``, ``predicted``, ``count`` records) becomes a grid."""
+    cells formatted (with ``bundle``, absolute paths in text cells made relative to it), at
+    most :data:`MAX_ROWS` rows with the remainder counted. A confusion matrix (``true``,
+    ``predicted``, ``count`` records) becomes a grid."""
     cols: list[str] = []
     for r in records:
         cols += [c for c in r if c not in cols]
@@ -95,10 +100,17 @@ def table(records: list[dict[str, Any]], caption: str | None = None) -> dict[str
     return {
         "caption": caption,
         "cols": cols,
-        "rows": [[_fmt(r.get(c)) for c in cols] for r in records[:MAX_ROWS]],
+        "rows": [[_cell(r.get(c), bundle) for c in cols] for r in records[:MAX_ROWS]],
         "more": max(0, len(records) - MAX_ROWS),
         "grid": False,
     }
+
+
+def _cell(value: Any, bundle: Path | None) -> str:
+    """A formatted cell; a text cell naming an absolute path shows it relative to the bundle."""
+    if bundle is not None and isinstance(value, str) and "/" in value:
+        return " ".join(relative_spec(word, bundle) for word in value.split(" "))
+    return _fmt(value)
 
 
 def _grid(records: list[dict[str, Any]], caption: str | None) -> dict[str, Any]:
@@ -116,23 +128,28 @@ def _grid(records: list[dict[str, Any]], caption: str | None) -> dict[str, Any]:
     }
 
 
-def plot_uri(path: Path) -> str:
-    """A PNG as a data URI, re-encoded for the page: scaled to at most PLOT_WIDTH pixels,
-    a 128-colour palette (plots have few colours), optimized; the original bytes when they
+def plot_uri(path: Path, *, width: int = PLOT_WIDTH, colors: int = 128) -> str:
+    """A PNG as a data URI, re-encoded for the page: scaled to at most ``width`` pixels, a
+    palette of ``colors`` (plots have few colours), optimized; the original bytes when they
     are smaller."""
     from PIL import Image
 
     raw = path.read_bytes()
     with Image.open(io.BytesIO(raw)) as im:
         rgb = im.convert("RGB")
-    if rgb.width > PLOT_WIDTH:
-        height = max(1, round(rgb.height * PLOT_WIDTH / rgb.width))
-        rgb = rgb.resize((PLOT_WIDTH, height), Image.Resampling.BOX)
-    small = rgb.quantize(colors=_PALETTE, method=Image.Quantize.MEDIANCUT, dither=0)
+    if rgb.width > width:
+        height = max(1, round(rgb.height * width / rgb.width))
+        rgb = rgb.resize((width, height), Image.Resampling.BOX)
+    small = rgb.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=0)
     buf = io.BytesIO()
     small.save(buf, format="PNG", optimize=True)
     data = min(raw, buf.getvalue(), key=len)
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _located(row: dict[str, Any], bundle: Path) -> dict[str, Any]:
+    """A gate row whose sentence names paths relative to the bundle (a model's spec)."""
+    return {**row, "message": _cell(row["message"], bundle)}
 
 
 def _area_title(check: str) -> str:
@@ -145,10 +162,15 @@ def _section(name: str, result: CheckResult, bundle: Path, on: str) -> dict[str,
     title = _TITLES.get(result.check, result.check)
     if name != result.check:
         title += f" · {name}"
+    pngs = [r for r in result.artifacts if r.lower().endswith(".png") and (bundle / r).is_file()]
     plots = [
-        {"uri": plot_uri(bundle / rel), "caption": rel}
-        for rel in result.artifacts
-        if rel.lower().endswith(".png") and (bundle / rel).is_file()
+        {
+            "uri": plot_uri(bundle / rel)
+            if i == 0
+            else plot_uri(bundle / rel, width=MORE_PLOT_WIDTH, colors=64),
+            "caption": rel,
+        }
+        for i, rel in enumerate(pngs)
     ]
     scalars = [
         {"metric": k, "value": v}
@@ -171,7 +193,7 @@ def _section(name: str, result: CheckResult, bundle: Path, on: str) -> dict[str,
         "scope": result.verdict_scope,
         "check": result.check,
         "variant": None if on == "model" else on,
-        "model": _shown(result.model.model_dump()),
+        "model": relative_spec(_shown(result.model.model_dump()), bundle),
         "digest": result.model.digest[:19],
         "data": relative_spec(result.data.spec, bundle),
         "synthetic": result.data.synthetic,
@@ -181,15 +203,17 @@ def _section(name: str, result: CheckResult, bundle: Path, on: str) -> dict[str,
         "summary": headline(result),
         "key_plot": plots[0] if plots else None,
         "more_plots": plots[1:],
-        "gates": [gate_row(f.model_dump(), name) for f in result.findings],
+        "gates": [_located(gate_row(f.model_dump(), name), bundle) for f in result.findings],
         "scalars": table(scalars) if scalars else None,
         "tables": [
-            {"key": k, "table": table(v)}
+            {"key": k, "table": table(v, bundle=bundle)}
             for k, v in sorted(result.metrics.items())
             if isinstance(v, list)
         ],
         "files": [a for a in result.artifacts if not a.lower().endswith(".png")],
-        "params": table([{"param": k, "value": v} for k, v in sorted(result.params.items())]),
+        "params": table(
+            [{"param": k, "value": v} for k, v in sorted(result.params.items())], bundle=bundle
+        ),
     }
 
 
@@ -238,7 +262,7 @@ def page_context(report: AuditReport, bundle: Path, *, key_id: str | None) -> di
         ),
     ]
     env = report.environment
-    gates = [gate_row(g, g["check"]) for g in report.gates]
+    gates = [_located(gate_row(g, g["check"]), bundle) for g in report.gates]
     return {
         "title": relative_spec(str(m.get("spec")), bundle),
         "created_at": report.created_at,
@@ -252,12 +276,13 @@ def page_context(report: AuditReport, bundle: Path, *, key_id: str | None) -> di
         "areas": areas,
         "gates": gates,
         "gate_counts": {s: sum(g["severity"] == s for g in gates) for s in SEVERITY_ORDER},
-        "details": table(details),
+        "details": table(details, bundle=bundle),
         "sections": [
             _section(name, r, bundle, _model_of(report, name)) for name, r in report.checks.items()
         ],
         "compliance": table(
-            [{k: v for k, v in r.items() if k != "gates"} for r in report.compliance]
+            bundle=bundle,
+            records=[{k: v for k, v in r.items() if k != "gates"} for r in report.compliance],
         ),
         "env": table(
             [
