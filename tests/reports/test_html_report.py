@@ -216,3 +216,12 @@ def test_every_gate_kind_has_a_direction(gate_id: str) -> None:
     """Each finding id the checks write (grep 'id=' in src/raigate) reads with a direction."""
     rule = rule_for(gate_id)
     assert rule is not None and rule.direction and rule.passing
+
+
+def test_no_pdf_writes_none(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.toml"
+    plan.write_text(PLAN.split("[checks.fairness]")[0])
+    res = runner.invoke(app, ["audit", str(plan), "--out", str(tmp_path / "o"), "--no-pdf"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "report.html").is_file()
+    assert not (tmp_path / "o" / "report.pdf").exists()
