@@ -319,10 +319,10 @@ def test_audit_says_robustness_not_gated_in_console_junit_and_html(
     assert int(rob.get("tests")) == len(ungated["findings"]) + 1
 
     page = (out / "report.html").read_text()
-    glance = page[page.index("id='glance'") : page.index("<h2>Gates</h2>")]
-    row = glance[glance.index("<code>robustness</code>") :].split("</tr>")[0]
-    assert f"<span class='scope'>({scope})</span>" in row
-    row = glance[glance.index("<code>gated</code>") :].split("</tr>")[0]
+    glance = page[page.index('id="glance"') : page.index("<h2>Gates</h2>")]
+    row = glance[glance.index('href="#check-robustness"') :].split("</tr>")[0]
+    assert f'<span class="scope">({scope})</span>' in row
+    row = glance[glance.index('href="#check-gated"') :].split("</tr>")[0]
     assert "not gated" not in row and "1 robustness gate(s)" not in row
     assert "2 robustness gate(s), worst" in row
     assert f"**{label}**" in (out / "model-card.md").read_text()

@@ -1,6 +1,7 @@
 """report.html in a real browser: headless Chromium loads it from disk (no network), the
 verdict and every section render, the console stays free of errors, and a screenshot is
-saved. Skips where Chromium is absent unless RAIGATE_REQUIRE_BROWSER=1 (set by .ci/run
+saved; the audit prints report.pdf with details collapsed, a few pages, and signs it.
+Skips where Chromium is absent unless RAIGATE_REQUIRE_BROWSER=1 (set by .ci/run
 after it installs Debian's chromium)."""
 
 from __future__ import annotations
@@ -107,7 +108,56 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         assert section in html, section
     assert "SYNTHETIC" in html or "synthetic" in html
 
+    # first screen: verdict, what was audited, signature status, one line per area
+    first = html[: html.index("</header>")]
+    for item in ('id="audited"', 'id="signature"', "manifest digest", 'id="glance"'):
+        assert item in first, item
+    assert "unsigned" in first  # no --key
+    # detail tables collapsed, each in its own scroll box; print CSS keeps every column
+    assert "<details" in html and "<details open" not in html
+    assert re.search(r"\.scroll\{[^}]*overflow:auto", html)
+    assert "@media print" in html
+    assert '<tr class="gate">' in html and '<td class="direction">—</td>' not in html
+
+    pdf = out / "report.pdf"  # printed by the audit itself: Chromium is installed
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    pages = len(re.findall(rb"/Type\s*/Page\b(?!s)", pdf.read_bytes()))
+    assert 1 <= pages <= 20, pages
+    assert str(out).encode() not in pdf.read_bytes()  # no header/footer naming the local path
+
     shot = Path(os.environ.get("RAIGATE_SCREENSHOT_DIR", tmp_path)) / "report.png"
     res = chromium(tmp_path, "--window-size=1280,1800", f"--screenshot={shot}", report.as_uri())
     assert shot.is_file() and shot.stat().st_size > 10_000, res.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_signed_bundle_signs_the_pdf_and_verifies(tmp_path: Path) -> None:
+    import json
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path / "keys")])
+    assert res.exit_code == 0, res.output
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        '[model]\nspec = "raigate.zoo:small_cnn"\nrandom_init = true\n'
+        '[data]\nspec = "demo:test"\nlimit = 32\n[checks.evaluate]\nmin_accuracy = 0.0\n'
+    )
+    out = tmp_path / "bundle"
+    key = str(tmp_path / "keys" / "raigate.key")
+    res = runner.invoke(app, ["audit", str(plan), "--out", str(out), "--key", key, "--pdf"])
+    assert res.exit_code == 0, res.output
+    envelope = json.loads((out / "attestation.dsse.json").read_text())
+    import base64
+    import hashlib
+
+    stmt = json.loads(base64.b64decode(envelope["payload"]))
+    digests = {s["name"]: s["digest"]["sha256"] for s in stmt["subject"]}
+    assert digests["report.pdf"] == hashlib.sha256((out / "report.pdf").read_bytes()).hexdigest()
+    keyid = envelope["signatures"][0]["keyid"]
+    assert f"signed with key id <code>{keyid}</code>" in (out / "report.html").read_text()
+    pub = str(tmp_path / "keys" / "raigate.pub")
+    res = runner.invoke(app, ["verify", str(out), "--key", pub])
+    assert res.exit_code == 0, res.output
+    (out / "report.pdf").write_bytes(b"%PDF-1.4 tampered")
+    res = runner.invoke(app, ["verify", str(out), "--key", pub])
+    assert res.exit_code != 0 and "report.pdf" in res.output

@@ -128,9 +128,9 @@ def test_checks_run_on_the_model_they_name(bundle: tuple[Path, Path, Path]) -> N
     page = (out / "report.html").read_text()
     assert "variant <strong>twin</strong>" in page and "Accuracy · evaluate_twin" in page
     # the at-a-glance table: one line per check table with its model and key numbers
-    glance = page[page.index("id='glance'") : page.index("<h2>Gates</h2>")]
+    glance = page[page.index('id="glance"') : page.index("<h2>Gates</h2>")]
     acc = checks["evaluate_twin"]["metrics"]["accuracy"]
-    assert "<code>evaluate_twin</code></td><td>twin</td>" in glance
+    assert '<span class="muted">(evaluate_twin on twin)</span>' in glance
     assert f"accuracy {acc:.3f} (95% CI" in glance
     assert "model + twin (smoothed)" in glance
     smoothed = [r for r in rob["metrics"]["smoothed_vs_base"] if r["attack"] == "pgd"][-1]

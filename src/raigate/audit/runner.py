@@ -78,6 +78,7 @@ def run_audit(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     resume: bool = False,
+    pdf: bool | None = None,
 ) -> AuditOutcome:
     """Run every check table in ``plan`` on its model (``[model]`` or a ``[models.NAME]``
     variant) and the plan's data, and write the sealed bundle.
@@ -87,6 +88,8 @@ def run_audit(
     aggregates the same gathered results, and rank 0 alone prints, writes and signs.
     Each finished batch is kept in ``OUT/.progress`` until the bundle is written;
     ``resume`` loads the batches a killed run of the same plan, models and data finished.
+    ``pdf``: also print report.pdf with headless Chromium (True: required, a ConfigError
+    before any work where Chromium is missing; None: where Chromium is found; False: never).
     Rank 0 holds a lock on ``out_dir`` throughout: a second audit into it exits 2."""
     start = time.perf_counter()
     out = Path(out_dir)
@@ -94,7 +97,7 @@ def run_audit(
     with contextlib.ExitStack() as stack:
         if world.main:  # one writer per folder, for the whole run
             _lock(out, stack)
-        return _run(plan, out, world, device, key, fail_on, progress, echo, resume, start)
+        return _run(plan, out, world, device, key, fail_on, progress, echo, resume, start, pdf)
 
 
 def _lock(out: Path, stack: contextlib.ExitStack) -> None:
@@ -119,6 +122,7 @@ def _run(
     echo: Callable[[str], None],
     resume: bool,
     start: float,
+    pdf: bool | None = None,
 ) -> AuditOutcome:
     """run_audit's work, on every rank (rank 0 holding the folder's lock)."""
     from raigate.data import load_data
@@ -134,6 +138,14 @@ def _run(
             parallel.remove_progress(out)  # another machine's stale batches
     # fail before work; rank 0 alone signs, so only its machine needs the key file
     private_key = load_private_key(key) if key is not None and world.main else None
+    if pdf and world.main:
+        from raigate.errors import ConfigError
+        from raigate.reports.pdf import find_chromium
+
+        if find_chromium() is None:
+            raise ConfigError(
+                "--pdf: no Chromium on PATH to print report.pdf (apt-get install chromium)"
+            )
     instances = plan.check_instances()
     if world.main:  # announce the check folders
         prepare_out_dir(out, [inst.name for inst in instances], keep_progress=resume)
@@ -208,7 +220,7 @@ def _run(
         )
     parallel.remove_progress(out)  # the bundle holds nothing else
     report = _report(plan, device, model, models, data, results, fail_on)
-    _write_bundle(report, out, plan, data.manifest.to_dict())
+    _write_bundle(report, out, plan, data.manifest.to_dict(), signing_key=private_key, pdf=pdf)
     signed = private_key is not None
     if private_key is not None:
         sign_bundle(out, report, private_key, plan_dir=plan_folder(plan), key_path=key)
@@ -346,14 +358,29 @@ def preflight(
 
 
 def _write_bundle(
-    report: AuditReport, out: Path, plan: AuditPlan, manifest: dict[str, Any]
+    report: AuditReport,
+    out: Path,
+    plan: AuditPlan,
+    manifest: dict[str, Any],
+    *,
+    signing_key: Any = None,
+    pdf: bool | None = None,
 ) -> None:
+    """Write the bundle's files. ``signing_key``: the key that will sign the bundle next;
+    the page names its key id, since the signature is made only after the page exists.
+    ``pdf``: print report.pdf (True), never (False), or where Chromium is found (None)."""
+    from raigate.reports.attest import key_id
     from raigate.reports.mlbom import MLBOM_FILE, build_mlbom
     from raigate.reports.render import render_html, render_junit, render_model_card
 
+    kid = key_id(signing_key.public_key()) if signing_key is not None else None
     write_atomic(out / "model-manifest.json", dumps(report.model))
     write_atomic(out / "data-manifest.json", dumps(manifest))
-    write_atomic(out / "report.html", render_html(report, out))
+    write_atomic(out / "report.html", render_html(report, out, key_id=kid))
+    if pdf is not False:
+        from raigate.reports.pdf import PDF_FILE, print_pdf
+
+        print_pdf(out / "report.html", out / PDF_FILE)  # before signing: the PDF is signed
     write_atomic(out / "model-card.md", render_model_card(report, plan.card.model_dump()))
     write_atomic(out / "junit.xml", render_junit(report))
     write_atomic(out / MLBOM_FILE, build_mlbom(report, plan))

@@ -91,6 +91,14 @@ def audit_cmd(
             help="reuse the batches a killed run of this plan left in OUT/.progress",
         ),
     ] = False,
+    pdf: Annotated[
+        bool | None,
+        typer.Option(
+            "--pdf/--no-pdf",
+            help="also print report.pdf with headless Chromium (signed with the bundle); "
+            "default: where Chromium is installed",
+        ),
+    ] = None,
     mlflow_uri: Annotated[
         str | None,
         typer.Option(
@@ -109,7 +117,8 @@ def audit_cmd(
     machines run `torchrun --nnodes M --nproc-per-node N -m raigate audit ...` instead
     (docs/scale-out.md). --trust-code does what the plan's trust_code = true does;
     untrained models are allowed per model in the plan (random_init = true).
-    --mlflow-uri logs the finished audit to MLflow (experiment raigate), from rank 0."""
+    --mlflow-uri logs the finished audit to MLflow (experiment raigate), from rank 0.
+    --pdf also writes report.pdf (headless Chromium, signed with the rest)."""
     import os
 
     from raigate.audit.runner import prepare_out_dir, run_audit
@@ -134,7 +143,7 @@ def audit_cmd(
     if trust_code:
         loaded = loaded.model_copy(update={"trust_code": True})
     if nproc > 1:
-        _launch(nproc, plan, out, key, fail_on, device, trust_code, resume, quiet, mlflow_uri)
+        _launch(nproc, plan, out, key, fail_on, device, trust_code, resume, quiet, mlflow_uri, pdf)
         return
     outcome = run_audit(
         loaded,
@@ -145,6 +154,7 @@ def audit_cmd(
         progress=not quiet,
         echo=typer.echo,
         resume=resume,
+        pdf=pdf,
     )
     if os.environ.get("RANK", "0") != "0":
         return  # rank 0 prints the verdict and sets the exit code
@@ -172,6 +182,7 @@ def _launch(
     resume: bool,
     quiet: bool,
     mlflow_uri: str | None = None,
+    pdf: bool | None = None,
 ) -> None:
     """``raigate audit`` again, in ``nproc`` torchrun processes; exit as rank 0 does."""
     from raigate.parallel import launch
@@ -189,6 +200,8 @@ def _launch(
         argv.append("--quiet")
     if mlflow_uri is not None:  # rank 0 logs, after it wrote the bundle
         argv += ["--mlflow-uri", mlflow_uri]
+    if pdf is not None:
+        argv.append("--pdf" if pdf else "--no-pdf")
     typer.echo(f"audit: starting {nproc} processes with torchrun")
     code, message = launch(nproc, argv)
     if code:

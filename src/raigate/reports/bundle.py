@@ -38,6 +38,8 @@ BUNDLE_FILES = (
     "data-manifest.json",
     "mlbom.cdx.json",  # raigate.reports.mlbom.MLBOM_FILE
 )
+OPTIONAL_FILES = ("report.pdf",)  # raigate.reports.pdf.PDF_FILE: where Chromium is installed
+"""Top-level files a bundle holds when they could be made; signed when present."""
 PROGRESS = ".progress"  # raigate.parallel.PROGRESS: a run's per-batch progress until it ends
 _TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")  # write_atomic's temporary files
 _CHECK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a plan's check table names
@@ -136,7 +138,7 @@ def _foreign(path: Path, out: Path) -> str:
 
 def _is_bundle_file(path: Path) -> bool:
     """A top-level file raigate writes: a bundle file, or write_atomic's temporary for one."""
-    known = {*BUNDLE_FILES, ATTESTATION, MODEL_SIGNATURE}
+    known = {*BUNDLE_FILES, *OPTIONAL_FILES, ATTESTATION, MODEL_SIGNATURE}
     tmp = _TMP.match(path.name)
     return (
         path.is_file()
@@ -228,7 +230,7 @@ def bundle_subjects(
     """
     from raigate.reports.attest import subject_for
 
-    names = list(BUNDLE_FILES)
+    names = [*BUNDLE_FILES, *(n for n in OPTIONAL_FILES if (out / n).is_file())]
     for name, result in report.checks.items():
         names.append(f"checks/{name}/result.json")
         names += result.artifacts

@@ -4,13 +4,12 @@ al. 2019 sections with Hugging Face front matter) and ``junit.xml`` (one test ca
 
 Rendering is generic over ``CheckResult``: scalar metrics become a summary table, every
 table metric a table, every PNG artifact an embedded figure, so a new check shows up in the
-report without touching this module.
+report without touching this module. The HTML itself lives in jinja2 templates
+(``reports/templates``), filled by :mod:`raigate.reports.html_report`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -19,8 +18,6 @@ from raigate.results import RANDOM_INIT_MARK, AuditReport, CheckResult
 
 SEVERITIES = ("pass", "warn", "fail")
 
-_MAX_ROWS = 200
-_BADGE = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "reported": "#57606a"}
 _TITLES = {
     "evaluate": "Accuracy",
     "fairness": "Bias (fairness across groups)",
@@ -40,40 +37,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _table(records: list[dict[str, Any]], caption: str | None = None) -> str:
-    if not records:
-        return "<p class='muted'>(empty)</p>"
-    cols: list[str] = []
-    for r in records:
-        cols += [c for c in r if c not in cols]
-    shown = records[:_MAX_ROWS]
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
-        for r in shown
-    )
-    more = (
-        f"<p class='muted'>{len(records) - _MAX_ROWS} more rows in report.json</p>"
-        if len(records) > _MAX_ROWS
-        else ""
-    )
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
-
-
-def _badge(severity: str) -> str:
-    color = _BADGE.get(severity, "#57606a")
-    return f"<span class='badge' style='background:{color}'>{html.escape(severity.upper())}</span>"
-
-
-def _verdict(result: CheckResult) -> str:
-    """The check's badge, followed by what it covers when that is less than its name says
-    (robustness without a robustness gate): never a bare PASS for an ungated area."""
-    scope = result.verdict_scope
-    note = f" <span class='scope'>({html.escape(scope)})</span>" if scope else ""
-    return _badge(result.verdict) + note
-
-
 def _shown(model: dict[str, Any]) -> str:
     """A model's spec as a reader sees it: an untrained network says so, and so does a
     variant that predicts from the samples' sensitive attributes."""
@@ -87,75 +50,6 @@ def _shown(model: dict[str, Any]) -> str:
     return f"{model.get('spec')}{RANDOM_INIT_MARK if model.get('random_init') else ''}{needs}"
 
 
-def _section(name: str, result: CheckResult, bundle: Path, on: str = "model") -> str:
-    """One check table's section; ``on`` is the plan's name of the model it ran on."""
-    title = _TITLES.get(result.check, result.check)
-    if name != result.check:
-        title += f" · {name}"
-    parts = [
-        f"<section id='check-{html.escape(name)}'><h2>{html.escape(title)} {_verdict(result)}</h2>"
-    ]
-    data_note = " — <strong>SYNTHETIC data</strong>" if result.data.synthetic else ""
-    variant = "" if on == "model" else f"variant <strong>{html.escape(on)}</strong> "
-    parts.append(
-        f"<p class='muted'>check <code>{html.escape(result.check)}</code> on {variant}"
-        f"<code>{html.escape(_shown(result.model.model_dump()))}</code> "
-        f"({html.escape(result.model.digest[:19])}"
-        f"…), data <code>{html.escape(result.data.spec)}</code>{data_note}, seed "
-        f"{result.seed}, {result.timing_s:.1f}s</p>"
-    )
-    if result.mode is not None:
-        how = (
-            "input gradients available: gradient attacks and attributions"
-            if result.mode == "white-box"
-            else "queries only: score- and decision-based attacks (upper bounds on robust "
-            "accuracy at their query budget), perturbation explanations"
-        )
-        parts.append(
-            f"<p class='mode'>mode <strong>{html.escape(result.mode)}</strong> "
-            f"<span class='muted'>({how})</span></p>"
-        )
-    if result.findings:
-        items = "".join(
-            f"<li>{_badge(f.severity)} <code>{html.escape(f.id)}</code> "
-            f"{html.escape(f.message)}</li>"
-            for f in result.findings
-        )
-        parts.append(f"<h3>Findings</h3><ul class='findings'>{items}</ul>")
-    scalars = [
-        {"metric": k, "value": v}
-        for k, v in sorted(result.metrics.items())
-        if not isinstance(v, list)
-    ]
-    if scalars:
-        parts.append("<h3>Summary</h3>" + _table(scalars))
-    for key, value in sorted(result.metrics.items()):
-        if isinstance(value, list):
-            parts.append(f"<h3>{html.escape(key)}</h3>" + _table(value))
-    for rel in result.artifacts:
-        path = bundle / rel
-        if path.suffix.lower() == ".png" and path.is_file():
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            parts.append(
-                f"<figure><img alt='{html.escape(rel)}' src='data:image/png;base64,{data}'>"
-                f"<figcaption>{html.escape(rel)}</figcaption></figure>"
-            )
-    other = [a for a in result.artifacts if not a.lower().endswith(".png")]
-    if other:
-        parts.append(
-            "<p class='muted'>files: "
-            + ", ".join(f"<code>{html.escape(a)}</code>" for a in other)
-            + "</p>"
-        )
-    params = [{"param": k, "value": v} for k, v in sorted(result.params.items())]
-    parts.append(
-        "<details><summary>Parameters and definitions</summary>"
-        + _table(params)
-        + "</details></section>"
-    )
-    return "".join(parts)
-
-
 def _worst(result: CheckResult) -> str:
     """The most severe gate of a check, as ``id = value (threshold t)``."""
     rank = {"pass": 0, "warn": 1, "fail": 2}
@@ -166,7 +60,9 @@ def _worst(result: CheckResult) -> str:
     tally = ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "all pass"
     worst = "" if f.severity == "pass" else f"; worst {f.id} = {_fmt(f.value)}"
     if worst and f.threshold is not None:
-        worst += f" (threshold {_fmt(f.threshold)})"
+        # faithfulness gates compare with a random pixel order, not a chosen threshold
+        what = "random baseline" if f.id.startswith("explanations.faithfulness.") else "threshold"
+        worst += f" ({what} {_fmt(f.threshold)})"
     return f"{len(result.findings)} gates: {tally}{worst}"
 
 
@@ -232,22 +128,6 @@ def headline(result: CheckResult) -> str:
     return _worst(result)
 
 
-_CSS = """
-body{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
-padding:0 1rem;color:#1f2328}
-h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;margin-top:2.5rem}
-table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:13px;display:block;
-max-width:100%;overflow-x:auto}
-td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:left}th{background:#f6f8fa}
-.badge{color:#fff;border-radius:4px;padding:1px 7px;font-size:12px;font-weight:600}
-.muted{color:#57606a}.verdict{font-size:1.4rem;margin:1rem 0}
-figure{margin:1rem 0}img{max-width:100%;border:1px solid #d0d7de}
-code{background:#f6f8fa;padding:0 3px;border-radius:3px}
-.scope{color:#9a6700;font-size:13px;font-weight:600}
-.synthetic{background:#fff8c5;border:1px solid #d4a72c;padding:.5rem 1rem;border-radius:6px}
-"""
-
-
 def _model_of(report: AuditReport, name: str) -> str:
     """The plan's name of the model check table ``name`` ran on (``model``: the primary)."""
     table = (report.plan.get("checks") or {}).get(name) or {}
@@ -262,97 +142,15 @@ def _models_used(report: AuditReport, name: str) -> str:
     return f"{on} + {extra} (smoothed)" if extra else on
 
 
-def _glance(report: AuditReport) -> str:
-    rows = "".join(
-        f"<tr><td><a href='#check-{html.escape(name)}'>"
-        f"{html.escape(_TITLES.get(r.check, r.check).split(' (')[0])}</a></td>"
-        f"<td><code>{html.escape(name)}</code></td><td>{html.escape(_models_used(report, name))}"
-        f"</td><td>{_verdict(r)}</td><td>{html.escape(headline(r))}</td></tr>"
-        for name, r in report.checks.items()
-    )
-    return (
-        "<table><thead><tr><th>area</th><th>check</th><th>model</th><th>verdict</th>"
-        f"<th>in one line</th></tr></thead><tbody>{rows}</tbody></table>"
-    )
+def render_html(report: AuditReport, bundle: Path, *, key_id: str | None = None) -> str:
+    """One self-contained HTML page from the jinja2 templates in ``reports/templates``
+    (autoescaped, plots embedded, no network). The first screen holds the verdict, what was
+    audited, the signature status and one line per area; each area follows with its summary,
+    key plot and gates, details collapsed. ``key_id``: the signing key's id when the bundle
+    will be signed (the signature itself is made after this page is written)."""
+    from raigate.reports.html_report import build_page
 
-
-def render_html(report: AuditReport, bundle: Path) -> str:
-    """One self-contained HTML page: verdict first, then each area, then compliance."""
-    m, d = report.model, report.data
-    gate_rows = [
-        {
-            "check": g["check"],
-            "gate": g["id"],
-            "severity": g["severity"],
-            "value": g["value"],
-            "threshold": g["threshold"],
-            "message": g["message"],
-        }
-        for g in report.gates
-    ]
-    status = "PASSED" if report.passed else "FAILED"
-    synthetic = (
-        "<p class='synthetic'>This audit ran on <strong>synthetic</strong> built-in data: "
-        "the numbers demonstrate the tool, not the behaviour of a model on real people.</p>"
-        if d.get("synthetic")
-        else ""
-    )
-    body = [
-        f"<h1>raigate audit report</h1><p class='muted'>created {html.escape(report.created_at)}"
-        f" · raigate {html.escape(str(report.environment.get('raigate', '?')))} · seed "
-        f"{report.seed}</p>",
-        f"<div class='verdict' id='verdict'>Verdict: {_badge(report.verdict)} — gate policy "
-        f"<code>fail_on={report.fail_on}</code>: <strong>{status}</strong></div>",
-        synthetic,
-        "<h2 id='glance'>At a glance</h2><p class='muted'>One line per check; the sections "
-        "below give each number's definition, its tables and its caveats.</p>" + _glance(report),
-        "<h2>Gates</h2>" + _table(gate_rows) if gate_rows else "<h2>Gates</h2><p>No gates.</p>",
-        "<h2>What was audited</h2>"
-        + _table(
-            [
-                {"item": "model", "value": _shown(m)},
-                {"item": "model digest (sha256 over weight tensors)", "value": m.get("digest")},
-                *(
-                    {"item": f"variant {k}", "value": f"{_shown(v)} (digest {v.get('digest')})"}
-                    for k, v in report.models.items()
-                ),
-                {"item": "classes", "value": ", ".join(m.get("class_names", []))},
-                {"item": "input shape", "value": "x".join(map(str, m.get("input_shape", [])))},
-                {"item": "deployed preprocessing", "value": m.get("pipeline", "-")},
-                {"item": "mode", "value": m.get("mode", "white-box")},
-                {"item": "data", "value": d.get("spec")},
-                {"item": "samples", "value": d.get("n")},
-                {"item": "data manifest digest", "value": d.get("manifest_digest")},
-                {"item": "synthetic data", "value": d.get("synthetic")},
-            ]
-        ),
-    ]
-    for name, result in report.checks.items():
-        body.append(_section(name, result, bundle, _model_of(report, name)))
-    body.append(
-        "<h2 id='compliance'>Compliance mapping</h2><p class='muted'>Each row says which "
-        "clause a check's evidence is relevant to. References for reviewers, not legal "
-        "advice and not a statement that a clause is met.</p>"
-        + _table([{k: v for k, v in r.items() if k != "gates"} for r in report.compliance])
-    )
-    env = report.environment
-    pkgs = [{"package": k, "version": v} for k, v in sorted(env.get("packages", {}).items())]
-    body.append(
-        "<h2>Environment</h2>"
-        + _table(
-            [
-                {"item": k, "value": env.get(k)}
-                for k in ("python", "platform", "device", "torch_threads", "cuda_available")
-            ]
-        )
-        + _table(pkgs)
-    )
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>raigate audit: {html.escape(str(m.get('spec')))}</title>"
-        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
-    )
+    return build_page(report, bundle, key_id=key_id)
 
 
 def render_model_card(report: AuditReport, card: dict[str, Any]) -> str:
