@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
+from pydantic.fields import (
+    FieldInfo,
+    PydanticUndefined,  # pydantic_core is pydantic's, not ours to declare
+)
 
 from raigate import values
 
