@@ -18,12 +18,10 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from model_helpers import saved_small_cnn
 from raigate.cli import app
-from raigate.models.loaders import write_model_spec
-from raigate.zoo import small_cnn
 
 runner = CliRunner()
 
@@ -76,14 +74,7 @@ batch_size = 8
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("scale")
-    torch.manual_seed(5)
-    net = small_cnn(num_classes=2)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp / "m.safetensors")
-    write_model_spec(
-        tmp / "model.json", factory="raigate.zoo:small_cnn", kwargs={"num_classes": 2},
-        weights=tmp / "m.safetensors", class_names=["Male", "Female"],
-        input_shape=[3, 32, 32], mean=[0.5] * 3, std=[0.5] * 3,
-    )  # fmt: skip
+    saved_small_cnn(tmp / "model.json")
     (tmp / "plan.toml").write_text(PLAN)
     return tmp
 

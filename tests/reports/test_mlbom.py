@@ -16,20 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
-from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import raigate
+from model_helpers import saved_small_cnn
 from raigate.cli import app
 from raigate.config import load_plan
-from raigate.models.loaders import write_model_spec
 from raigate.privacy.train import DPParams, run_private_training
 from raigate.reports.mlbom import MLBOM_FILE, build_mlbom
 from raigate.results import AuditReport
-from raigate.zoo import small_cnn
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -83,16 +80,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tree/``: plan.toml, models/ (saved small_cnn), dp/ (DP-SGD variant and its ledger),
     keys/, out/ (the signed bundle)."""
     tmp = tmp_path_factory.mktemp("mlbom")
-    (tmp / "models").mkdir()
-    torch.manual_seed(5)
-    net = small_cnn(num_classes=2)
-    weights = tmp / "models" / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
-    write_model_spec(
-        tmp / "models" / "model.json", factory="raigate.zoo:small_cnn",
-        kwargs={"num_classes": 2}, weights=weights, class_names=["Male", "Female"],
-        input_shape=[3, 32, 32], mean=[0.5] * 3, std=[0.5] * 3,
-    )  # fmt: skip
+    saved_small_cnn(tmp / "models" / "model.json")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_private_training(

@@ -15,20 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from model_helpers import saved_small_cnn
 from raigate.audit import CHECKS, evaluate
 from raigate.audit.runner import bundle_subjects, run_audit, sign_bundle, verify_bundle
 from raigate.cli import app
 from raigate.config import load_plan
 from raigate.errors import DataError, RaigateError, VerificationFailed
-from raigate.models.loaders import write_model_spec
 from raigate.reports.attest import load_private_key, subject_name_problem
 from raigate.results import AuditReport
-from raigate.zoo import small_cnn
 
 runner = CliRunner()
 MODEL_NAMES = ["model:models/model.json", "model:models/model.safetensors"]
@@ -46,16 +43,7 @@ def plan_text(*checks: str) -> str:
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tree/``: plan.toml, models/ (spec + safetensors), keys/, out/ (the signed bundle)."""
     tmp = tmp_path_factory.mktemp("tree")
-    (tmp / "models").mkdir()
-    torch.manual_seed(5)
-    net = small_cnn(num_classes=2)
-    weights = tmp / "models" / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
-    write_model_spec(
-        tmp / "models" / "model.json", factory="raigate.zoo:small_cnn",
-        kwargs={"num_classes": 2}, weights=weights, class_names=["Male", "Female"],
-        input_shape=[3, 32, 32], mean=[0.5] * 3, std=[0.5] * 3,
-    )  # fmt: skip
+    saved_small_cnn(tmp / "models" / "model.json")
     (tmp / "plan.toml").write_text(plan_text("evaluate"))
     assert runner.invoke(app, ["keys", "generate", "--out", str(tmp / "keys")]).exit_code == 0
     res = audit(tmp / "plan.toml", tmp / "out", tmp / "keys" / "raigate.key")
