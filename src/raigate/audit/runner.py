@@ -201,25 +201,26 @@ def _run(
 
     results: dict[str, CheckResult] = {}
     total = len(instances)
-    scratch = tempfile.TemporaryDirectory(prefix="raigate-rank-") if not world.main else None
     fingerprint = run_fingerprint(plan, models, data)
-    with parallel.run_scope(out / parallel.PROGRESS, fingerprint):
+    # ranks other than 0 write their artifacts into a folder that goes whatever happens
+    throwaway = (
+        contextlib.nullcontext(None)
+        if world.main
+        else tempfile.TemporaryDirectory(prefix="raigate-rank-")
+    )
+    with throwaway as scratch, parallel.run_scope(out / parallel.PROGRESS, fingerprint):
         for i, inst in enumerate(instances, 1):
             results[inst.name] = _run_check(
                 inst, i, total, models, data, out, scratch, device, progress, echo, plan.seed
             )
-    if scratch is not None:
-        scratch.cleanup()
     world.barrier()  # every rank's last batch is in before the progress goes
+    if world.main or world.local_rank == 0:  # each machine's batches: done with
+        parallel.remove_progress(out)  # (rank 0's bundle holds nothing else)
+    report = _report(plan, device, model, models, data, results, fail_on)
     if not world.main:  # the same report, neither written nor signed here
-        if world.local_rank == 0:
-            parallel.remove_progress(out)  # another machine's batches: done with
-        report = _report(plan, device, model, models, data, results, fail_on)
         return AuditOutcome(
             report=report, out_dir=out, signed=False, seconds=time.perf_counter() - start
         )
-    parallel.remove_progress(out)  # the bundle holds nothing else
-    report = _report(plan, device, model, models, data, results, fail_on)
     _write_bundle(report, out, plan, data.manifest.to_dict(), signing_key=private_key, pdf=pdf)
     signed = private_key is not None
     if private_key is not None:
@@ -253,7 +254,7 @@ def _run_check(
     models: dict[str, Any],
     data: Any,
     out: Path,
-    scratch: tempfile.TemporaryDirectory[str] | None,
+    scratch: str | None,
     device: str,
     progress: bool,
     echo: Callable[[str], None],
@@ -275,7 +276,7 @@ def _run_check(
     if "progress" in type(params).model_fields:
         params = params.model_copy(update={"progress": progress})
     extra = {kw: models[ref] for kw, ref in inst.model_fields().items()}
-    root = out if scratch is None else Path(scratch.name)
+    root = out if scratch is None else Path(scratch)
     check_dir = root / "checks" / inst.name
     t0 = time.perf_counter()
     torch.manual_seed(seed)  # each check starts from the same RNG state
